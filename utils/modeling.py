@@ -1,0 +1,128 @@
+"""Loading the processor and the (quantized) model for either profile (notebook 02)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoProcessor, BitsAndBytesConfig, MllamaForConditionalGeneration
+
+from utils.config import DEFAULT_SKIP_MODULES, MODEL_ID_11B, PRECISIONS, compute_dtype, mixed_precision, resolve_profile
+
+
+class HubAccessError(RuntimeError):
+    """The 11B model could not be fetched: missing token or license not accepted."""
+
+
+def get_hf_token() -> str | None:
+    """The Hugging Face token from HF_TOKEN or Colab Secrets; never printed or stored."""
+    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+    if token:
+        return token
+    try:  # Colab Secrets (the key icon in the left bar), only inside Colab
+        from google.colab import userdata
+
+        return userdata.get("HF_TOKEN")
+    except Exception:
+        return None
+
+
+def model_source(profile: str | None = None, model_name_or_path: str | None = None) -> str:
+    """Where `from_pretrained` reads from: a local folder / Hub id, the tiny cache, or the 11B id."""
+    if model_name_or_path:
+        return str(model_name_or_path)
+    if resolve_profile(profile) == "tiny":
+        from utils.tiny import tiny_model_dir
+
+        return str(tiny_model_dir())
+    return MODEL_ID_11B
+
+
+def quantization_config(precision: str, skip_modules=DEFAULT_SKIP_MODULES,
+                        threshold: float = 6.0) -> BitsAndBytesConfig | None:
+    """BitsAndBytesConfig for '8bit' (LLM.int8) or '4bit' (nf4); None for 16/32-bit precisions."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    # transformers 5 matches these from the start of the full module name ("model.vision_model...");
+    # older versions match substrings. Listing both forms works with either.
+    skip = [p for name in (skip_modules or []) for p in (name, f"model.{name}")]
+    if precision == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip, llm_int8_threshold=threshold)
+    if precision == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=compute_dtype(), llm_int8_skip_modules=skip)
+    return None
+
+
+def _hub_errors(source: str, err: Exception) -> Exception:
+    text = str(err)
+    if "gated" in text.lower() or "401" in text or "403" in text or "restricted" in text.lower():
+        return HubAccessError(
+            f"Could not download {source}: it is a gated model. 1) Accept the license at "
+            f"https://huggingface.co/{source} with your account; 2) create a read token at "
+            "https://huggingface.co/settings/tokens; 3) put it in the HF_TOKEN environment variable "
+            "or in Colab Secrets under the name HF_TOKEN (never in a notebook cell)."
+        )
+    return err
+
+
+def load_processor(profile: str | None = None, model_name_or_path: str | None = None):
+    source = model_source(profile, model_name_or_path)
+    try:
+        processor = AutoProcessor.from_pretrained(source, token=get_hf_token())
+    except OSError as err:
+        raise _hub_errors(source, err) from err
+    processor.tokenizer.padding_side = "right"
+    if processor.tokenizer.pad_token is None:
+        processor.tokenizer.pad_token = "<|finetune_right_pad_id|>"
+    return processor
+
+
+def load_model(profile: str | None = None, precision: str = "8bit", model_name_or_path: str | None = None,
+               skip_modules=DEFAULT_SKIP_MODULES, int8_threshold: float = 6.0,
+               attn_implementation: str = "sdpa") -> MllamaForConditionalGeneration:
+    """The Mllama model for a profile, quantized per `precision` ('8bit' default).
+
+    16-bit parts use bf16/fp16 on a GPU and fp32 on CPU; on GPU everything goes to device 0.
+    """
+    source = model_source(profile, model_name_or_path)
+    on_gpu = torch.cuda.is_available()
+    if precision in ("bf16", "fp16", "fp32"):
+        dtype = compute_dtype(precision)
+    else:
+        dtype = compute_dtype(mixed_precision())
+    if source == MODEL_ID_11B and not get_hf_token():
+        raise HubAccessError(
+            f"{source} is gated: set HF_TOKEN (or Colab Secrets HF_TOKEN) after accepting the license "
+            f"at https://huggingface.co/{source}. Or use profile='tiny' to run offline."
+        )
+    try:
+        model = MllamaForConditionalGeneration.from_pretrained(
+            source, dtype=dtype, quantization_config=quantization_config(precision, skip_modules, int8_threshold),
+            device_map={"": 0} if on_gpu else None, attn_implementation=attn_implementation, token=get_hf_token(),
+        )
+    except OSError as err:
+        raise _hub_errors(source, err) from err
+    model.config.use_cache = False
+    return model
+
+
+def quantized_layers(model) -> dict[str, str]:
+    """{module name: class name} for every Linear-like layer: shows which became Linear8bitLt / Linear4bit."""
+    return {name: type(m).__name__ for name, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) or type(m).__name__ in ("Linear8bitLt", "Linear4bit")}
+
+
+def memory_readout(model=None) -> dict[str, float]:
+    """What this process uses, in GiB: GPU allocated/peak/total on CUDA; model footprint and process RSS."""
+    import psutil
+
+    out = {"process_rss_gib": psutil.Process().memory_info().rss / 2**30}
+    if model is not None:
+        out["model_footprint_gib"] = model.get_memory_footprint() / 2**30
+    if torch.cuda.is_available():
+        out["gpu_allocated_gib"] = torch.cuda.memory_allocated() / 2**30
+        out["gpu_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        out["gpu_total_gib"] = torch.cuda.get_device_properties(0).total_memory / 2**30
+    return out
