@@ -9,25 +9,48 @@ Written by hand (not Trainer) because it is a dozen lines and runs once while th
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-DEFAULT_PRETRAIN_STEPS = 300
+from utils.config import PINNED_DATE
+
+DEFAULT_PRETRAIN_STEPS = 600
+# The first term named in a corpus paragraph (English or Korean), used to phrase a question.
+TERM = re.compile(r"(?:English word|called|term) ([^.,]+?)(?: and|[.,])")
 
 
-def corpus_blocks(tokenizer, corpus_path: Path, block_size: int = 64) -> torch.Tensor:
-    """The corpus as one token stream (a BOS before each paragraph) cut into equal blocks."""
+def corpus_texts(processor, corpus_path: Path) -> list[str]:
+    """Each paragraph twice: as plain text, and as a chat answer to "Tell me about <term>".
+
+    The chat copies give the tiny base what the real Instruct model already has (the chat format
+    and stopping at <|eot_id|>), so fine-tuning is left with what it does on the 11B model:
+    the answer style of the data set (short definitions, translations, one-word answers).
+    """
     paragraphs = [p.strip() for p in Path(corpus_path).read_text(encoding="utf-8").split("\n\n") if p.strip()]
+    texts = [processor.tokenizer.bos_token + p for p in paragraphs]
+    for i, paragraph in enumerate(paragraphs):
+        term = TERM.search(paragraph)
+        question = f"Tell me about {term.group(1)}." if term and i % 2 else "이 건설 용어에 대해 알려 주세요."
+        if term and i % 2 == 0:
+            question = f"{term.group(1)}에 대해 알려 주세요."
+        messages = [{"role": "user", "content": question}, {"role": "assistant", "content": paragraph}]
+        texts.append(processor.apply_chat_template(messages, tokenize=False, date_string=PINNED_DATE))
+    return texts
+
+
+def corpus_blocks(processor, corpus_path: Path, block_size: int = 128) -> torch.Tensor:
+    """All corpus texts as one token stream cut into equal blocks."""
     ids: list[int] = []
-    for paragraph in paragraphs:
-        ids += [tokenizer.bos_token_id] + tokenizer(paragraph, add_special_tokens=False).input_ids
+    for text in corpus_texts(processor, corpus_path):
+        ids += processor.tokenizer(text, add_special_tokens=False).input_ids
     n = len(ids) // block_size
     return torch.tensor(ids[: n * block_size]).view(n, block_size)
 
 
-def pretrain_tiny(model, tokenizer, corpus_path: Path, steps: int = DEFAULT_PRETRAIN_STEPS,
+def pretrain_tiny(model, processor, corpus_path: Path, steps: int = DEFAULT_PRETRAIN_STEPS,
                   batch_size: int = 8, lr: float = 3e-3, seed: int = 0) -> list[float]:
     """Train the language model on the corpus; returns the loss every 10 steps.
 
@@ -36,7 +59,7 @@ def pretrain_tiny(model, tokenizer, corpus_path: Path, steps: int = DEFAULT_PRET
     then written back. The other rows keep their small random init.
     """
     torch.manual_seed(seed)
-    blocks = corpus_blocks(tokenizer, corpus_path)
+    blocks = corpus_blocks(processor, corpus_path)
     vocab = torch.unique(blocks)
     local = torch.full((model.config.text_config.vocab_size + 8,), -100)
     local[vocab] = torch.arange(len(vocab))

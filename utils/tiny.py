@@ -22,7 +22,7 @@ from transformers import (
 
 from utils.config import CACHE_DIR, DATA_DIR
 
-TINY_VERSION = 1  # bump when the recipe below changes, so caches are rebuilt
+TINY_VERSION = 2  # bump when the recipe below changes, so caches are rebuilt
 TILE_SIZE = 56
 CHAT_TEMPLATE_FILE = Path(__file__).with_name("chat_template.jinja")
 
@@ -79,7 +79,7 @@ def tiny_model_dir(cache_dir: Path | str | None = None, pretrain_steps: int | No
     shutil.rmtree(tmp, ignore_errors=True)
     model = build_tiny_model()
     processor = build_tiny_processor()
-    history = pretrain_tiny(model, processor.tokenizer, DATA_DIR / "pretrain_corpus.txt", steps) if steps else []
+    history = pretrain_tiny(model, processor, DATA_DIR / "pretrain_corpus.txt", steps) if steps else []
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)
     (tmp / "build.json").write_text(json.dumps(

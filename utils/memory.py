@@ -1,0 +1,188 @@
+"""Memory planner for Mllama: exact weight bytes per precision, and a training-peak estimate (notebooks 02, 03).
+
+The 11B architecture is built on the `meta` device (no download, no memory), so every count
+below comes from the real module shapes rather than from a table.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+from transformers import MllamaConfig, MllamaForConditionalGeneration
+
+from utils.config import DEFAULT_SKIP_MODULES, LoraSettings
+
+GROUPS = ("vision_model", "multi_modal_projector", "language_linear", "embed_tokens", "language_other", "lm_head")
+BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+NF4_BLOCK, NESTED_BLOCK = 64, 256  # bitsandbytes Params4bit blocksize; double-quant blocksize of the absmax
+
+
+def config_11b() -> MllamaConfig:
+    """`MllamaConfig()` is the 11B shape except the tile size: 560 in the released model (448 by default)."""
+    config = MllamaConfig()
+    config.vision_config.image_size = 560
+    return config
+
+
+def meta_model(config: MllamaConfig | None = None) -> MllamaForConditionalGeneration:
+    """The model (11B shape by default) with all weights on the `meta` device: shapes only, built in ~0.1 s."""
+    with torch.device("meta"):
+        return MllamaForConditionalGeneration(config or config_11b())
+
+
+def _as_model(config_or_model):
+    if isinstance(config_or_model, MllamaConfig):
+        return meta_model(config_or_model)
+    return config_or_model
+
+
+def group_of(name: str) -> str:
+    """The planner group of a parameter / module name (works with or without a peft prefix)."""
+    for group in ("vision_model", "multi_modal_projector", "embed_tokens", "lm_head"):
+        if re.search(rf"(^|\.){group}(\.|$)", name):
+            return group
+    return "language_linear" if re.search(r"language_model\.layers\.\d+\..*_proj(\.|$)", name) else "language_other"
+
+
+def parameter_groups(model) -> dict[str, int]:
+    """Parameter counts per group (see GROUPS) and 'total'. Decoder Linear weights form 'language_linear'."""
+    counts = dict.fromkeys(GROUPS, 0)
+    for name, p in _as_model(model).named_parameters():
+        counts[group_of(name)] += p.numel()
+    counts["total"] = sum(counts.values())
+    return counts
+
+
+def _skipped(name: str, skip_modules) -> bool:
+    # Same matching as utils.modeling.quantization_config: a whole dotted component ("vision_model").
+    return any(re.search(rf"(^|\.){re.escape(s)}(\.|$)", name) for s in skip_modules or ())
+
+
+def _quantized_linear_bytes(weight_shape, precision: str) -> tuple[int, int]:
+    """(weight bytes, quantization-state bytes) of one bitsandbytes Linear, as bnb 0.50 stores them.
+
+    8bit (Linear8bitLt): int8 weight (`CB` is the same storage) + fp32 `SCB`, one scale per output row.
+    4bit (Linear4bit, nf4, double quant): packed uint8 (2 values/byte) + uint8 absmax per 64-block,
+    re-quantized with fp32 absmax per 256 absmax values, fp32 offset, and the two code tables
+    (16 + 256 fp32) that every layer keeps its own copy of.
+    """
+    out_features, n = weight_shape[0], math.prod(weight_shape)
+    if precision == "8bit":
+        return n, 4 * out_features
+    blocks = math.ceil(n / NF4_BLOCK)
+    return (n + 1) // 2, blocks + 4 * math.ceil(blocks / NESTED_BLOCK) + 4 + 4 * (16 + 256)
+
+
+def plan_load_memory(config_or_model, precision: str, skip_modules=DEFAULT_SKIP_MODULES,
+                     compute_dtype: torch.dtype = torch.bfloat16) -> dict[str, int]:
+    """Bytes of the loaded weights per group, for 'fp32' | 'bf16' | 'fp16' | '8bit' | '4bit'.
+
+    Quantized precisions replace every `nn.Linear` outside `skip_modules` (as transformers does);
+    everything else (embeddings, norms, conv, skipped modules, biases) is stored in `compute_dtype`.
+    Keys: the GROUPS, 'quant_state' (8-bit SCB / 4-bit absmax etc., which `get_memory_footprint`
+    does not see because bnb keeps them as tensor attributes), 'buffers' (fp32 rotary tables),
+    'footprint' (= what `model.get_memory_footprint()` reports) and 'total' (footprint + quant_state).
+    """
+    model = _as_model(config_or_model)
+    if precision in BYTES:
+        dense, quantized = BYTES[precision], False
+    elif precision in ("8bit", "4bit"):
+        dense, quantized = torch.empty(0, dtype=compute_dtype).element_size(), True
+    else:
+        raise ValueError(f"precision must be fp32, bf16, fp16, 8bit or 4bit; got {precision!r}")
+    plan = dict.fromkeys(GROUPS + ("quant_state",), 0)
+    linear_weights = set()
+    if quantized:
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and not _skipped(name, skip_modules):
+                weight, state = _quantized_linear_bytes(module.weight.shape, precision)
+                plan[group_of(name)] += weight
+                plan["quant_state"] += state
+                linear_weights.add(f"{name}.weight")
+    for name, p in model.named_parameters():
+        if name not in linear_weights:
+            plan[group_of(name)] += p.numel() * dense
+    # Buffers (rotary inv_freq) stay fp32 whatever the load dtype.
+    plan["buffers"] = sum(b.numel() * 4 for b in model.buffers())
+    plan["footprint"] = sum(plan[g] for g in GROUPS) + plan["buffers"]
+    plan["total"] = plan["footprint"] + plan["quant_state"]
+    return plan
+
+
+def measured_quant_state_bytes(model) -> int:
+    """Bytes of the bitsandbytes quantization state actually held by a loaded model (to check the plan)."""
+    total = 0
+    for module in model.modules():
+        w = getattr(module, "weight", None)
+        if type(module).__name__ == "Linear8bitLt" and getattr(w, "SCB", None) is not None:
+            total += w.SCB.numel() * w.SCB.element_size()
+        elif type(module).__name__ == "Linear4bit" and getattr(w, "quant_state", None) is not None:
+            qs = w.quant_state
+            tensors = [qs.absmax, qs.code] + ([qs.offset, qs.state2.absmax, qs.state2.code] if qs.nested else [])
+            total += sum(t.numel() * t.element_size() for t in tensors)
+    return total
+
+
+def plan_training_memory(config, precision: str, lora_settings: LoraSettings | None = None, batch_size: int = 2,
+                         seq_len: int = 512, image: bool = True, gradient_checkpointing: bool = True,
+                         skip_modules=DEFAULT_SKIP_MODULES, compute_dtype: torch.dtype = torch.bfloat16,
+                         tiles: int | None = None) -> dict[str, int]:
+    """Estimated peak bytes of one LoRA training step (an estimate; the weights part is exact).
+
+    Assumptions (documented so the benchmark can check them):
+    - weights: `plan_load_memory(...)['total']`; LoRA parameters, their gradients and AdamW's two
+      moments are fp32 (peft keeps adapters in fp32): 4 + 4 + 8 bytes per LoRA parameter.
+    - activations are 16-bit (`compute_dtype`) hidden states, except RMSNorm's fp32 upcast.
+      With gradient checkpointing each decoder layer saves its input (B*S*H) and one layer is
+      recomputed at a time: ~(10H + 2KV + 4I) values per token (norms, q/k/v, attention and
+      o_proj inputs, the four MLP tensors). Without checkpointing every layer keeps that much.
+    - logits: the 16-bit lm_head output, its fp32 copy for the loss and the fp32 softmax gradient:
+      B*S*V*(2+4+4) bytes.
+    - the frozen vision tower runs without autograd, so only its projected output
+      (B*tiles*patches*H, 16-bit) survives, plus each cross-attention layer's K/V of it
+      when those layers keep activations (no checkpointing), or one layer's when recomputed.
+    - not included: CUDA context (~0.5 GiB, not in max_memory_allocated), allocator fragmentation,
+      cuBLAS workspaces, the transient peak inside the no-grad vision tower.
+    """
+    settings = lora_settings or LoraSettings()
+    from utils.lora import expected_lora_parameters
+
+    t, v = config.text_config, config.vision_config
+    n_lora = expected_lora_parameters(config, settings)
+    weights = plan_load_memory(config, precision, skip_modules, compute_dtype)["total"]
+    act = torch.empty(0, dtype=compute_dtype).element_size()
+    head_dim = t.hidden_size // t.num_attention_heads
+    kv = t.num_key_value_heads * head_dim
+    tokens = batch_size * seq_len
+    per_layer = tokens * (10 * t.hidden_size + 2 * kv + 4 * t.intermediate_size) * act
+    vision_tokens = batch_size * (tiles or v.max_num_tiles) * ((v.image_size // v.patch_size) ** 2 + 1) if image else 0
+    cross_kv = vision_tokens * 2 * kv * act  # K and V of the image tokens in one cross-attention layer
+    n_cross = len(t.cross_attention_layers)
+    if gradient_checkpointing:
+        layers = t.num_hidden_layers * tokens * t.hidden_size * act + per_layer + cross_kv
+    else:
+        layers = t.num_hidden_layers * per_layer + n_cross * cross_kv
+    plan = {
+        "weights": weights,
+        "lora_params": 4 * n_lora,
+        "gradients": 4 * n_lora,
+        "optimizer": 8 * n_lora,
+        "activations": layers + vision_tokens * t.hidden_size * act,
+        "logits": tokens * t.vocab_size * (act + 4 + 4),
+    }
+    plan["total"] = sum(plan.values())
+    return plan
+
+
+def memory_plan_rows(config=None, compute_dtype: torch.dtype = torch.bfloat16) -> dict[str, dict[str, int]]:
+    """The five load plans the memory chart compares: fp32, bf16, int8 (vision 16-bit), int8 all, nf4."""
+    model = meta_model(config)
+    return {
+        "fp32": plan_load_memory(model, "fp32"),
+        "bf16": plan_load_memory(model, "bf16"),
+        "int8 (vision 16-bit)": plan_load_memory(model, "8bit", DEFAULT_SKIP_MODULES, compute_dtype),
+        "int8 all": plan_load_memory(model, "8bit", ("lm_head",), compute_dtype),
+        "nf4": plan_load_memory(model, "4bit", DEFAULT_SKIP_MODULES, compute_dtype),
+    }
