@@ -70,3 +70,25 @@ class LoraSettings:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# Per-profile defaults the notebooks and the CLI start from (the parameters cell can override each).
+# tiny: small enough for Run All on 2 CPU cores in minutes; 11b: the reference A100 setup.
+PROFILE_DEFAULTS = {
+    "tiny": {"max_train_rows": 160, "max_eval_rows": 16, "max_seq_length": 256, "per_device_train_batch_size": 4,
+             "gradient_accumulation_steps": 1, "max_steps": 80, "num_train_epochs": 3, "learning_rate": 5e-3,
+             "lora": {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0,
+                      "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                      "scope": "language"}},
+    "11b": {"max_train_rows": None, "max_eval_rows": None, "max_seq_length": 512, "per_device_train_batch_size": 2,
+            "gradient_accumulation_steps": 2, "max_steps": -1, "num_train_epochs": 3, "learning_rate": 2e-4,
+            "lora": {"r": 8, "lora_alpha": 32, "lora_dropout": 0.05,
+                     "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "scope": "language"}},
+}
+
+
+def profile_defaults(profile: str) -> dict:
+    """A copy of PROFILE_DEFAULTS for 'tiny' or '11b' (resolving 'auto')."""
+    import copy
+
+    return copy.deepcopy(PROFILE_DEFAULTS[resolve_profile(profile)])

@@ -1,0 +1,151 @@
+#!/usr/bin/env python
+"""Train a LoRA adapter on Llama 3.2 Vision from the shell (the seed's command line).
+
+    python scripts/run_lora_finetune.py --data_path data/construction_train.jsonl --output_dir outputs/cli \
+        --per_device_train_batch_size 2 --gradient_accumulation_steps 2 --max_seq_length 512 --num_train_epochs 3
+
+`--model tiny` (offline, CPU) or `--model 11b` (GPU, Hugging Face token) run the same code.
+Unset options take the profile's defaults (utils.config.PROFILE_DEFAULTS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from utils.config import DATA_DIR, PRECISIONS, PROFILES, LoraSettings, profile_defaults, resolve_profile  # noqa: E402
+from utils.lora import SCOPES  # noqa: E402
+
+SAMPLE_TRAIN = DATA_DIR / "construction_train.jsonl"
+SAMPLE_EVAL = DATA_DIR / "construction_eval.jsonl"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data_path", default=str(SAMPLE_TRAIN), help="JSONL, seed or chat format")
+    p.add_argument("--eval_data_path", default=None,
+                   help="held-out JSONL; default: the sample eval split for the sample data, else 5%% of data_path")
+    p.add_argument("--output_dir", default="outputs/cli")
+    p.add_argument("--model", default="auto", choices=PROFILES, help="tiny (offline CPU), 11b (Hub), auto")
+    p.add_argument("--model_name_or_path", default=None, help="a local folder or Hub id instead of the profile's model")
+    p.add_argument("--precision", default="8bit", choices=PRECISIONS)
+    p.add_argument("--per_device_train_batch_size", type=int)
+    p.add_argument("--gradient_accumulation_steps", type=int)
+    p.add_argument("--max_seq_length", type=int)
+    p.add_argument("--num_train_epochs", type=float)
+    p.add_argument("--max_steps", type=int, default=-1, help="overrides epochs when > 0")
+    p.add_argument("--learning_rate", type=float)
+    p.add_argument("--lora_rank", type=int)
+    p.add_argument("--lora_alpha", type=int)
+    p.add_argument("--lora_dropout", type=float)
+    p.add_argument("--target_modules", help="comma-separated, e.g. q_proj,k_proj,v_proj,o_proj")
+    p.add_argument("--lora_scope", choices=sorted(SCOPES))
+    p.add_argument("--save_steps", type=int, default=50)
+    p.add_argument("--eval_steps", type=int, default=50)
+    p.add_argument("--logging_steps", type=int, default=10)
+    p.add_argument("--max_train_rows", type=int, help="use only the first N rows (after a seeded shuffle)")
+    p.add_argument("--skip_bad_rows", action="store_true", help="drop bad lines (reported) instead of stopping")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
+    p.add_argument("--seed", type=int, default=42)
+    return p.parse_args(argv)
+
+
+def settings_from_args(args):
+    """(TrainSettings, LoraSettings): CLI values where given, else the profile's defaults."""
+    from utils.train import TrainSettings
+
+    d = profile_defaults(args.model)
+    pick = lambda value, key: d[key] if value is None else value  # noqa: E731
+    train = TrainSettings(
+        output_dir=args.output_dir,
+        per_device_train_batch_size=pick(args.per_device_train_batch_size, "per_device_train_batch_size"),
+        gradient_accumulation_steps=pick(args.gradient_accumulation_steps, "gradient_accumulation_steps"),
+        num_train_epochs=pick(args.num_train_epochs, "num_train_epochs"),
+        max_steps=args.max_steps, learning_rate=pick(args.learning_rate, "learning_rate"),
+        max_seq_length=pick(args.max_seq_length, "max_seq_length"), logging_steps=args.logging_steps,
+        eval_steps=args.eval_steps, save_steps=args.save_steps, seed=args.seed)
+    lora = d["lora"]
+    targets = args.target_modules.split(",") if args.target_modules else lora["target_modules"]
+    lora_settings = LoraSettings(
+        r=args.lora_rank or lora["r"], lora_alpha=args.lora_alpha or lora["lora_alpha"],
+        lora_dropout=lora["lora_dropout"] if args.lora_dropout is None else args.lora_dropout,
+        target_modules=[t.strip() for t in targets if t.strip()], scope=args.lora_scope or lora["scope"])
+    return train, lora_settings
+
+
+def split_data(args):
+    from utils.data import load_examples
+
+    train = load_examples(args.data_path, skip_bad=args.skip_bad_rows)
+    random.Random(args.seed).shuffle(train)
+    if args.eval_data_path:
+        evaluation = load_examples(args.eval_data_path, skip_bad=args.skip_bad_rows)
+    elif Path(args.data_path).resolve() == SAMPLE_TRAIN.resolve():
+        evaluation = load_examples(SAMPLE_EVAL)
+    else:
+        n = max(1, len(train) // 20) if len(train) > 1 else 0
+        evaluation, train = train[:n], train[n:]
+        print(f"held out {n} of {n + len(train)} rows for eval loss (pass --eval_data_path to choose)")
+    if args.max_train_rows:
+        train = train[: args.max_train_rows]
+    return train, evaluation
+
+
+def main(argv=None) -> int:
+    warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
+    args = parse_args(argv)
+    args.model = resolve_profile(args.model)
+    from utils.batching import encode_all
+    from utils.data import DataError
+    from utils.export import export_adapter
+    from utils.lora import LoraTargetError, add_lora, count_parameters
+    from utils.modeling import HubAccessError, load_model, load_processor
+    from utils.train import build_trainer, train
+
+    train_settings, lora_settings = settings_from_args(args)
+    try:
+        train_examples, eval_examples = split_data(args)
+    except (DataError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"profile={args.model} precision={args.precision} train rows={len(train_examples)} "
+          f"eval rows={len(eval_examples)}")
+    try:
+        processor = load_processor(args.model, args.model_name_or_path)
+        model = load_model(args.model, args.precision, args.model_name_or_path)
+    except HubAccessError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    train_rows = encode_all(processor, train_examples, train_settings.max_seq_length)
+    eval_rows = encode_all(processor, eval_examples, train_settings.max_seq_length) if eval_examples else None
+    try:
+        model = add_lora(model, lora_settings)
+    except LoraTargetError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    trainable, total = count_parameters(model)
+    print(f"LoRA: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%)")
+    trainer = build_trainer(model, processor, train_rows, eval_rows, train_settings)
+    start = time.time()
+    train(trainer, resume=args.resume)
+    files = export_adapter(model, processor, Path(args.output_dir) / "adapter", train_settings.to_dict(),
+                           lora_settings.to_dict())
+    history = json.loads((Path(args.output_dir) / "loss_history.json").read_text())
+    if eval_rows:
+        history["eval"].append([trainer.state.global_step, trainer.evaluate()["eval_loss"]])
+    first, last = history["train"][0][1], history["train"][-1][1]
+    print(f"done in {time.time() - start:.0f} s: train loss {first:.3f} -> {last:.3f}"
+          + (f", eval loss {history['eval'][-1][1]:.3f}" if history["eval"] else ""))
+    print(f"adapter in {Path(args.output_dir) / 'adapter'}: " + ", ".join(f"{k} ({v / 1e6:.2f} MB)" for k, v in files.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Data checks: every kind of bad line is reported with file, line, field and reason."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from utils.data import DataError, check_file, load_examples, read_jsonl
+
+REPO = Path(__file__).resolve().parent.parent
+IMAGE = REPO / "data" / "images" / "train_sign_00.png"
+
+
+def write_lines(tmp_path, lines, name="rows.jsonl", newline="\n", encoding="utf-8"):
+    path = tmp_path / name
+    path.write_bytes(newline.join(lines).encode(encoding))
+    return path
+
+
+def good(**extra):
+    return json.dumps({"instruction": "번역하세요.", "input": "거푸집", "output": "formwork", **extra}, ensure_ascii=False)
+
+
+def by_line(problems):
+    return {p.line: p for p in problems}
+
+
+def test_broken_example_file_reports_each_line():
+    problems = by_line(check_file(REPO / "data" / "examples" / "broken.jsonl"))
+    assert set(problems) == {2, 3, 5, 6, 7, 8, 9}
+    assert "invalid JSON" in problems[2].reason
+    assert problems[3].field == "output" and "missing" in problems[3].reason
+    assert "got number" in problems[5].reason
+    assert "got null" in problems[6].reason
+    assert "got list" in problems[7].reason
+    assert problems[8].reason == "empty answer"
+    assert problems[9].field == "image" and "not found" in problems[9].reason
+    assert all(p.path.endswith("broken.jsonl") for p in problems.values())
+
+
+def test_bom_and_windows_line_ends_are_fine(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + (good() + "\r\n" + good() + "\r\n").encode())
+    examples, problems = read_jsonl(path)
+    assert problems == [] and len(examples) == 2
+    assert examples[0].answer == "formwork"
+
+
+def test_bad_encoding_and_utf16(tmp_path):
+    path = tmp_path / "latin.jsonl"
+    path.write_bytes(good().encode() + b"\n" + '{"instruction": "caf\xe9", "output": "x"}'.encode("latin-1"))
+    [problem] = check_file(path)
+    assert problem.line == 2 and "UTF-8" in problem.reason
+    utf16 = write_lines(tmp_path, [good()], "u16.jsonl", encoding="utf-16")
+    assert "UTF-16" in check_file(utf16)[0].reason
+
+
+def test_images_missing_unreadable_and_too_many(tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    (tmp_path / "ok.png").write_bytes(IMAGE.read_bytes())
+    path = write_lines(tmp_path, [good(image="ok.png"), good(image="nope.png"), good(image="broken.png"),
+                                  good(image=["ok.png", "ok.png"])])
+    problems = by_line(check_file(path))
+    assert set(problems) == {2, 3, 4}
+    assert "not found" in problems[2].reason
+    assert "unreadable" in problems[3].reason
+    assert "at most 1" in problems[4].reason
+
+
+def test_chat_format_rows(tmp_path):
+    rows = [
+        {"messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "무엇?"}]},
+                      {"role": "assistant", "content": [{"type": "text", "text": "안전모"}]}], "images": ["ok.png"]},
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
+        {"messages": [{"role": "user", "content": "no answer"}]},
+        {"messages": [{"role": "user", "content": [{"type": "image"}]}, {"role": "assistant", "content": "x"}]},
+        {"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "x"}]},
+    ]
+    (tmp_path / "ok.png").write_bytes(IMAGE.read_bytes())
+    path = write_lines(tmp_path, [json.dumps(r, ensure_ascii=False) for r in rows])
+    examples, problems = read_jsonl(path)
+    assert [e.answer for e in examples] == ["안전모", "hello"]
+    assert examples[0].images == [(tmp_path / "ok.png").resolve()]
+    problems = by_line(problems)
+    assert set(problems) == {3, 4, 5}
+    assert "last message" in problems[3].reason
+    assert "0 image path(s) but 1 image item(s)" in problems[4].reason
+    assert "role" in problems[5].reason
+
+
+def test_load_examples_raises_or_skips_with_a_report(tmp_path, capsys):
+    path = write_lines(tmp_path, [good(), '{"instruction": "x", "output": 3}', good()])
+    with pytest.raises(DataError) as err:
+        load_examples(path)
+    assert f"{path}:2: [output]" in str(err.value)
+    kept = load_examples(path, skip_bad=True)
+    assert len(kept) == 2
+    assert "dropped 1 bad line" in capsys.readouterr().out
+
+
+def test_sample_data_is_clean_and_eval_is_held_out():
+    train, problems = read_jsonl(REPO / "data" / "construction_train.jsonl")
+    evaluation, eval_problems = read_jsonl(REPO / "data" / "construction_eval.jsonl")
+    assert problems == [] and eval_problems == []
+    assert len([e for e in train if not e.images]) >= 150 and len([e for e in train if e.images]) >= 30
+    train_prompts = {e.prompt_text for e in train}
+    assert not any(e.prompt_text in train_prompts and not e.images for e in evaluation)
+
+
+def test_check_cli_exit_codes(tmp_path):
+    clean = subprocess.run([sys.executable, "-m", "utils.data", "check", "data/construction_eval.jsonl"],
+                           cwd=REPO, capture_output=True, text=True)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    broken = subprocess.run([sys.executable, "-m", "utils.data", "check", "data/examples/broken.jsonl"],
+                            cwd=REPO, capture_output=True, text=True)
+    assert broken.returncode == 1
+    assert "broken.jsonl:5: [output] must be a string, got number" in broken.stdout

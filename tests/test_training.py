@@ -1,0 +1,155 @@
+"""8-bit tiny model, LoRA counts, the frozen vision tower, training, resume and export."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from utils.batching import Collator, encode_all
+from utils.config import LoraSettings
+from utils.data import load_examples
+from utils.export import SEED_STATE_DICT, export_adapter, load_adapter, max_logit_difference, merge_adapter
+from utils.lora import SCOPES, LoraTargetError, add_lora, count_parameters, expected_lora_parameters
+from utils.modeling import load_model, quantized_layers
+from utils.train import TrainSettings, build_trainer, freeze_vision_tower, train, vision_tower
+
+from .conftest import REPO
+
+QKVO = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+@pytest.fixture(scope="module")
+def rows(processor):
+    examples = load_examples(REPO / "data" / "construction_train.jsonl")
+    picked = [e for e in examples if e.images][:4] + [e for e in examples if not e.images][:12]
+    return encode_all(processor, picked, 128, verbose=False)
+
+
+def test_8bit_language_model_and_16bit_vision_tower(tiny_dir):
+    layers = quantized_layers(load_model(model_name_or_path=tiny_dir, precision="8bit"))
+    language = {k: v for k, v in layers.items() if "language_model" in k}
+    vision = {k: v for k, v in layers.items() if "vision_model" in k}
+    assert language and set(language.values()) == {"Linear8bitLt"}
+    assert vision and set(vision.values()) == {"Linear"}
+    assert layers["lm_head"] == "Linear" and layers["model.multi_modal_projector"] == "Linear"
+
+
+@pytest.mark.parametrize("scope", sorted(SCOPES))
+def test_trainable_parameters_equal_formula(tiny_dir, scope):
+    model = load_model(model_name_or_path=tiny_dir, precision="8bit")
+    settings = LoraSettings(r=8, target_modules=QKVO, scope=scope)
+    peft_model = add_lora(model, settings)
+    trainable, total = count_parameters(peft_model)
+    assert trainable == expected_lora_parameters(model.config, settings) > 0
+    names = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert all("lora_" in n for n in names)
+    assert any("vision_model" in n for n in names) == (scope == "language_vision")
+    if scope == "cross_attention":
+        assert all("cross_attn" in n for n in names)
+
+
+def test_unknown_targets_list_available_modules(tiny_dir):
+    model = load_model(model_name_or_path=tiny_dir, precision="8bit")
+    with pytest.raises(LoraTargetError, match="q_proj.*Scopes") as err:
+        add_lora(model, LoraSettings(target_modules=["query_key_value"]))
+    assert "gate_proj" in str(err.value)
+
+
+def test_frozen_vision_tower_gets_no_grad_and_keeps_no_activations(tiny_dir, processor, rows):
+    model = add_lora(load_model(model_name_or_path=tiny_dir, precision="8bit"), LoraSettings(scope="language"))
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
+    tower = vision_tower(model)
+    seen = []
+    hook = tower.register_forward_hook(lambda m, i, o: seen.append(o.last_hidden_state))
+    batch = Collator(processor)(rows[:2])
+    model.train()
+    model(**batch).loss.backward()
+    assert seen[-1].requires_grad  # the trap DESIGN.md describes: without the wrapper it would keep activations
+    assert freeze_vision_tower(model) is True
+    model.zero_grad()
+    model(**batch).loss.backward()
+    hook.remove()
+    assert not seen[-1].requires_grad
+    assert all(p.grad is None for p in tower.parameters())
+    assert any(p.grad is not None for n, p in model.named_parameters() if "lora_" in n)
+
+
+def test_vision_tower_stays_trainable_when_lora_targets_it(tiny_dir):
+    model = add_lora(load_model(model_name_or_path=tiny_dir, precision="8bit"), LoraSettings(scope="language_vision"))
+    assert freeze_vision_tower(model) is False
+
+
+def small_run(tiny_dir, processor, rows, out, max_steps, lr=5e-3):
+    model = add_lora(load_model(model_name_or_path=tiny_dir, precision="8bit"),
+                     LoraSettings(r=16, lora_dropout=0.0, target_modules=QKVO + ["gate_proj", "up_proj", "down_proj"]))
+    settings = TrainSettings(output_dir=str(out), per_device_train_batch_size=4, gradient_accumulation_steps=1,
+                             max_steps=max_steps, learning_rate=lr, logging_steps=2, eval_steps=4, save_steps=4,
+                             warmup_ratio=0.0)
+    trainer = build_trainer(model, processor, rows, rows[:4], settings)
+    return model, trainer
+
+
+def test_training_lowers_loss_resumes_and_exports(tiny_dir, processor, rows, tmp_path):
+    out = tmp_path / "run"
+    model, trainer = small_run(tiny_dir, processor, rows, out, max_steps=8)
+    batch = Collator(processor)(rows[:4])
+    before = model(**batch).loss.item()
+    train(trainer, resume=False)
+    after = model(**batch).loss.item()
+    assert after < before - 0.5, (before, after)
+    history = json.loads((out / "loss_history.json").read_text())
+    assert [s for s, _ in history["train"]] == [2, 4, 6, 8] and len(history["eval"]) == 2
+    assert (out / "checkpoint-8").is_dir()
+
+    # Resume: a new trainer with more steps starts from step 8, not 0.
+    _, trainer2 = small_run(tiny_dir, processor, rows, out, max_steps=10)
+    train(trainer2, resume=True)
+    assert trainer2.state.global_step == 10
+    resumed = json.loads((out / "loss_history.json").read_text())["train"]
+    assert [s for s, _ in resumed] == [2, 4, 6, 8, 10]
+
+    # Export, then reload on a fresh base: same logits.
+    files = export_adapter(model, processor, tmp_path / "adapter", {"max_steps": 8}, {"r": 16})
+    for name in ("adapter_config.json", "adapter_model.safetensors", SEED_STATE_DICT, "training_args.json",
+                 "tokenizer.json", "processor_config.json"):
+        assert name in files, files
+    state = torch.load(tmp_path / "adapter" / SEED_STATE_DICT)
+    assert state and all("lora_" in k for k in state)
+    reloaded = load_adapter(load_model(model_name_or_path=tiny_dir, precision="8bit"), tmp_path / "adapter")
+    assert max_logit_difference(model, reloaded, batch) < 1e-3
+    fresh = load_model(model_name_or_path=tiny_dir, precision="8bit")
+    assert max_logit_difference(model, fresh, batch) > 1e-2  # the adapter does change the model
+
+    merged = merge_adapter(load_model(model_name_or_path=tiny_dir, precision="fp32"), tmp_path / "adapter")
+    assert not any("lora_" in n for n, _ in merged.named_parameters())
+    assert max_logit_difference(model, merged, batch) < 0.5  # 8-bit base vs fp32 merged: close, not equal
+    with pytest.raises(ValueError, match="16-bit base"):
+        merge_adapter(load_model(model_name_or_path=tiny_dir, precision="8bit"), tmp_path / "adapter")
+
+
+def test_seed_cli_trains_and_exports(tiny_dir, tmp_path):
+    out = tmp_path / "cli"
+    cmd = [sys.executable, "scripts/run_lora_finetune.py", "--data_path", "data/construction_train.jsonl",
+           "--output_dir", str(out), "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2",
+           "--max_seq_length", "512", "--num_train_epochs", "3", "--max_steps", "6", "--max_train_rows", "24",
+           "--lora_rank", "8", "--lora_alpha", "32", "--lora_dropout", "0.05", "--target_modules",
+           "q_proj,k_proj,v_proj,o_proj", "--model", "tiny", "--precision", "8bit", "--save_steps", "3",
+           "--logging_steps", "2", "--learning_rate", "5e-3"]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert config["r"] == 8 and config["lora_alpha"] == 32
+    history = json.loads((out / "loss_history.json").read_text())
+    assert history["train"][-1][1] < history["train"][0][1]
+
+
+def test_seed_cli_rejects_broken_data(tmp_path):
+    done = subprocess.run([sys.executable, "scripts/run_lora_finetune.py", "--data_path",
+                           "data/examples/broken.jsonl", "--model", "tiny", "--output_dir", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert "broken.jsonl:5: [output] must be a string, got number" in done.stderr
