@@ -119,6 +119,7 @@ def training_arguments(settings: TrainSettings, has_eval: bool = True) -> Traini
         gradient_checkpointing=False,  # enabled by prepare_for_training, non-reentrant
         remove_unused_columns=False,  # our rows carry image paths the collator needs
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
         report_to="none",
         seed=settings.seed,
         disable_tqdm=False,
