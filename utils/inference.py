@@ -1,13 +1,14 @@
-"""One shared answer helper for before/after comparisons (notebooks 02 and 05)."""
+"""One shared answer helper, eval loss and the before/after table (notebooks 02 and 05)."""
 
 from __future__ import annotations
 
+import html
 import re
 
 import torch
 from PIL import Image
 
-from utils.batching import IMAGE_TOKEN, render
+from utils.batching import IMAGE_TOKEN, Collator, render
 from utils.config import PINNED_DATE
 from utils.data import Example
 
@@ -58,3 +59,40 @@ def evaluate_answers(model, processor, examples: list[Example], max_new_tokens: 
     n = max(len(rows), 1)
     return {"exact_match": sum(r["exact"] for r in rows) / n, "stop_rate": sum(r["stopped"] for r in rows) / n,
             "rows": rows}
+
+
+
+@torch.no_grad()
+def eval_loss(model, processor, encoded_rows: list[dict], batch_size: int = 4) -> float:
+    """Mean token loss over the answer tokens of `encoded_rows` (utils.batching.encode_all), like Trainer's eval."""
+    collate = Collator(processor)
+    device = next(p.device for p in model.parameters() if p.device.type != "meta")
+    was_training = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    for i in range(0, len(encoded_rows), batch_size):
+        batch = {k: v.to(device) for k, v in collate(encoded_rows[i:i + batch_size]).items()}
+        n = int((batch["labels"][:, 1:] != -100).sum())
+        total += model(**batch).loss.float().item() * n
+        tokens += n
+    model.train(was_training)
+    return total / max(tokens, 1)
+
+
+def before_after_html(before: dict, after: dict, max_chars: int = 80) -> str:
+    """One table of evaluate_answers() rows: prompt, expected, base answer, adapted answer (✓ exact, ⏹ stopped)."""
+    def cell(row):
+        marks = ("✓ " if row["exact"] else "") + ("⏹" if row["stopped"] else "…")
+        return f"{html.escape(row['answer'][:max_chars])} <small>{marks}</small>"
+
+    head = "<tr><th>prompt</th><th>image</th><th>expected</th><th>before</th><th>after</th></tr>"
+    body = "".join(
+        f"<tr><td>{html.escape(b['prompt'][:max_chars])}</td><td>{'🖼' if b['image'] else ''}</td>"
+        f"<td>{html.escape(b['expected'][:max_chars])}</td><td>{cell(b)}</td><td>{cell(a)}</td></tr>"
+        for b, a in zip(before["rows"], after["rows"]))
+    summary = "".join(
+        f"<tr><th>{k}</th><td>{before[k]:.3f}</td><td>{after[k]:.3f}</td></tr>"
+        for k in ("exact_match", "stop_rate", "eval_loss") if k in before and k in after)
+    return (f"<table><tr><th></th><th>before</th><th>after</th></tr>{summary}</table><br>"
+            f"<table style='font-size:90%'>{head}{body}</table>"
+            "<small>✓ exact match · ⏹ stopped at &lt;|eot_id|&gt; · … ran to max_new_tokens</small>")

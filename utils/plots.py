@@ -37,3 +37,184 @@ def plot_memory_plan(plan_rows: dict[str, dict[str, int]], ax=None, save_to=None
     if save_to:
         fig.savefig(save_to, dpi=120)
     return fig
+
+
+# ---------------------------------------------------------------- notebook 01: token lengths
+LANG_COLORS = {"ko": "tab:orange", "en": "tab:blue"}
+LANG_NAMES = {"ko": "Korean", "en": "English"}
+
+
+def _save(fig, save_to):
+    if save_to:
+        from pathlib import Path
+
+        Path(save_to).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(save_to, dpi=120)
+    return fig
+
+
+def _bins(values, n=30):
+    hi = max(values) if values else 1
+    step = max(1, -(-hi // n))
+    return list(range(0, hi + 2 * step, step))
+
+
+def plot_token_lengths(lengths: list[dict], max_seq_length: int | None = None, save_to=None):
+    """Histograms of prompt / answer / total tokens (rows of utils.batching.token_lengths), stacked by
+    language (Korean vs English); rows with an image (counted with their <|image|> token) are a
+    hatched third layer, so every row is counted exactly once per panel. Taught in notebook 01.
+
+    Returns the Figure; each panel's bar heights sum to len(lengths).
+    """
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    groups = [("en", False), ("ko", False), (None, True)]  # image rows form their own layer
+    for ax, key in zip(axes, ("prompt", "answer", "total")):
+        bins = _bins([r[key] for r in lengths])
+        data, labels, colors, hatches = [], [], [], []
+        for lang, image in groups:
+            sel = [r[key] for r in lengths if r["has_image"] == image and (lang is None or r["lang"] == lang)]
+            n = len(sel)
+            data.append(sel)
+            labels.append(f"image rows ({n})" if image else f"{LANG_NAMES[lang]} text ({n})")
+            colors.append("tab:green" if image else LANG_COLORS[lang])
+        _, _, patches = ax.hist(data, bins=bins, stacked=True, color=colors, label=labels)
+        for bar in patches[-1]:
+            bar.set_hatch("//")
+        if max_seq_length and key == "total":
+            ax.axvline(max_seq_length, color="red", ls="--", lw=1)
+            ax.text(max_seq_length, ax.get_ylim()[1] * 0.9, f"max_seq_length={max_seq_length} ", color="red",
+                    fontsize=7, ha="right")
+        ax.set_title(f"{key} tokens")
+        ax.set_xlabel("tokens")
+    axes[0].set_ylabel("rows")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"Token lengths of {len(lengths)} rows (Llama 3.2 tokenizer)", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, save_to)
+
+
+def plot_truncation(lengths: list[dict], max_seq_length: int, ax=None, save_to=None):
+    """Share of rows longer than each candidate max_seq_length (a curve), with the chosen value marked.
+
+    The marked point is utils.batching.truncated_share(lengths, max_seq_length). Notebook 01's slider redraws it.
+    """
+    from utils.batching import truncated_share
+
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 3))
+    else:
+        fig = ax.figure
+        ax.clear()
+    hi = max([r["total"] for r in lengths] + [max_seq_length]) + 16
+    xs = list(range(16, hi + 1, 4))
+    ax.plot(xs, [100 * truncated_share(lengths, x) for x in xs], color="tab:blue")
+    share = truncated_share(lengths, max_seq_length)
+    ax.axvline(max_seq_length, color="red", ls="--", lw=1)
+    ax.plot([max_seq_length], [100 * share], "o", color="red")
+    n = sum(r["total"] > max_seq_length for r in lengths)
+    ax.set_title(f"max_seq_length={max_seq_length}: {n} of {len(lengths)} rows ({share:.1%}) truncated", fontsize=9)
+    ax.set_xlabel("max_seq_length (tokens)")
+    ax.set_ylabel("% rows truncated")
+    ax.set_ylim(-2, 102)
+    fig.tight_layout()
+    return _save(fig, save_to)
+
+
+# ---------------------------------------------------------------- notebook 04: losses and label mask
+def plot_losses(history: dict, ax=None, save_to=None, title: str = "LoRA fine-tuning loss"):
+    """Train and eval loss vs optimizer step; `history` is utils.train.loss_history(...) /
+    loss_history.json: {"train": [[step, loss], ...], "eval": [[step, loss], ...]}."""
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+    else:
+        fig = ax.figure
+        ax.clear()
+    for key, style in (("train", dict(color="tab:blue", marker=".")), ("eval", dict(color="tab:orange", marker="o"))):
+        points = history.get(key) or []
+        if points:
+            ax.plot([p[0] for p in points], [p[1] for p in points], label=f"{key} (last {points[-1][1]:.3f})", **style)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title, fontsize=10)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, save_to)
+
+
+def label_mask_spans(processor, encoded_row: dict) -> list[tuple[str, bool]]:
+    """[(token text, trained?)] for one encoded row (utils.batching.encode): trained = label != -100."""
+    tok = processor.tokenizer
+    return [(tok.convert_ids_to_tokens(int(i)), int(label) != -100)
+            for i, label in zip(encoded_row["input_ids"], encoded_row["labels"])]
+
+
+def show_label_mask(processor, encoded_row: dict) -> str:
+    """HTML of one encoded row: trained tokens (label = token id) green, masked tokens (-100) grey,
+    special tokens such as <|image|> shown in bold. Display it with IPython.display.HTML (notebook 04).
+    Each token is one <span> with class "trained" or "masked"."""
+    import html
+
+    tok = processor.tokenizer
+    special = set(tok.all_special_tokens) | {"<|image|>"}
+    special |= {t for t, _ in label_mask_spans(processor, encoded_row) if t.startswith("<|") and t.endswith("|>")}
+    parts = []
+    for i, (piece, trained) in enumerate(label_mask_spans(processor, encoded_row)):
+        text = piece if piece in special else tok.convert_tokens_to_string([piece])
+        shown = html.escape(text).replace("\n", "↵<br>")
+        style = ("background:#b7eb8f;" if trained else "background:#eeeeee;color:#777;") + \
+                ("font-weight:bold;" if piece in special else "")
+        parts.append(f'<span class="{"trained" if trained else "masked"}" title="{i}" '
+                     f'style="{style}border-right:1px solid #fff;font-family:monospace">{shown}</span>')
+    n_trained = sum(1 for _, t in label_mask_spans(processor, encoded_row) if t)
+    legend = (f'<div style="font-size:90%;margin-bottom:4px"><span style="background:#b7eb8f">trained</span> '
+              f'{n_trained} tokens · <span style="background:#eeeeee;color:#777">masked (-100)</span> '
+              f'{len(encoded_row["labels"]) - n_trained} tokens</div>')
+    return legend + '<div style="line-height:1.9">' + "".join(parts) + "</div>"
+
+
+try:  # transformers is always installed with utils; keep the import local to the callback
+    from transformers import TrainerCallback as _TrainerCallback
+except ImportError:  # pragma: no cover
+    _TrainerCallback = object
+
+
+class LiveLossPlot(_TrainerCallback):
+    """Redraws the loss chart in the notebook at every Trainer log (train and eval losses).
+
+    Uses one IPython display handle, so the chart updates in place; headless (papermill, scripts)
+    it only keeps the history and the last figure, and `save_to` gets the final chart at train end.
+    """
+
+    def __init__(self, save_to=None, title: str = "LoRA fine-tuning loss (live)"):
+        self.save_to, self.title = save_to, title
+        self.history = {"train": [], "eval": []}
+        self.fig, self.ax = plt.subplots(figsize=(6, 3.2))
+        plt.close(self.fig)  # we display it ourselves, not at the end of the cell
+        self.handle = None
+
+    def _redraw(self):
+        plot_losses(self.history, ax=self.ax, title=self.title)
+        try:
+            from IPython import get_ipython
+            from IPython.display import display
+
+            if get_ipython() is None:
+                return
+            if self.handle is None:
+                self.handle = display(self.fig, display_id=True)
+            else:
+                self.handle.update(self.fig)
+        except ImportError:  # pragma: no cover
+            pass
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        from utils.train import loss_history
+
+        self.history = loss_history(state.log_history)
+        self._redraw()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.save_to:
+            _save(self.fig, self.save_to)
