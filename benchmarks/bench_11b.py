@@ -39,7 +39,7 @@ from utils.lora import add_lora, count_parameters, expected_lora_parameters
 from utils.memory import config_11b, measured_quant_state_bytes, meta_model, plan_load_memory, plan_training_memory
 from utils.modeling import load_model
 from utils.tiny import tiny_config
-from utils.train import freeze_vision_tower, vision_tower
+from utils.train import freeze_vision_tower, prepare_for_training, vision_tower
 
 IMAGE_TOKEN_ID, BOS_ID = 128256, 128000
 # Peak dense bf16 tensor-core TFLOP/s (no sparsity), matched against torch.cuda.get_device_name.
@@ -172,9 +172,7 @@ def run_variant(name, precision, gc_on, threshold, checkpoint_dir, config, shape
     attn = model.config.text_config._attn_implementation
 
     model = add_lora(model, LoraSettings(scope="language"))
-    if gc_on:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
+    prepare_for_training(model, gradient_checkpointing=gc_on)  # the same setup as utils.train.build_trainer
     no_grad_tower = freeze_vision_tower(model)
     model.train()
     seen = {}

@@ -153,3 +153,18 @@ def test_seed_cli_rejects_broken_data(tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
     assert "broken.jsonl:5: [output] must be a string, got number" in done.stderr
+
+
+def test_answer_helper_and_eval_loss(tiny_dir, processor, rows):
+    from utils.inference import eval_loss, evaluate_answers, normalize
+
+    assert normalize("  Formwork. ") == normalize("formwork")
+    model = load_model(model_name_or_path=tiny_dir, precision="8bit")
+    examples = [e for e in load_examples(REPO / "data" / "construction_eval.jsonl") if not e.images][:2]
+    result = evaluate_answers(model, processor, examples, max_new_tokens=4)
+    assert len(result["rows"]) == 2 and 0.0 <= result["exact_match"] <= 1.0
+    assert [r["expected"] for r in result["rows"]] == [e.answer for e in examples]
+    # The pre-trained base rambles on in its corpus style: 4 new tokens never reach <|eot_id|>.
+    assert result["stop_rate"] == 0.0
+    batch_loss = model(**Collator(processor)(rows[:4])).loss.item()
+    assert abs(eval_loss(model, processor, rows[:4], batch_size=4) - batch_loss) < 1e-4

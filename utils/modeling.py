@@ -74,6 +74,7 @@ def load_processor(profile: str | None = None, model_name_or_path: str | None = 
     except OSError as err:
         raise _hub_errors(source, err) from err
     processor.tokenizer.padding_side = "right"
+    processor.tokenizer.clean_up_tokenization_spaces = False  # a WordPiece step that damages BPE text
     if processor.tokenizer.pad_token is None:
         processor.tokenizer.pad_token = "<|finetune_right_pad_id|>"
     return processor

@@ -72,7 +72,11 @@ def prepare_for_training(model, gradient_checkpointing: bool = True):
     a grad-free vision tower. Used instead of peft's prepare_model_for_kbit_training, which would
     upcast every 16-bit weight (the whole vision tower) to fp32."""
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # transformers >= 5.2x renames it activation_checkpointing_enable; older 5.x has only the old name.
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     freeze_vision_tower(model)
     model.config.use_cache = False
