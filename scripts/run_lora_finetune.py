@@ -123,8 +123,17 @@ def main(argv=None) -> int:
     except HubAccessError as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
-    train_rows = encode_all(processor, train_examples, train_settings.max_seq_length)
-    eval_rows = encode_all(processor, eval_examples, train_settings.max_seq_length) if eval_examples else None
+    try:
+        train_rows = encode_all(processor, train_examples, train_settings.max_seq_length)
+    except ValueError as err:
+        print(f"error: {err}: raise --max_seq_length or shorten the answers", file=sys.stderr)
+        return 2
+    eval_rows = None
+    if eval_examples:
+        try:
+            eval_rows = encode_all(processor, eval_examples, train_settings.max_seq_length)
+        except ValueError as err:
+            print(f"warning: eval split: {err}; training without eval loss")
     try:
         model = add_lora(model, lora_settings)
     except LoraTargetError as err:

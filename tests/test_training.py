@@ -168,3 +168,25 @@ def test_answer_helper_and_eval_loss(tiny_dir, processor, rows):
     assert result["stop_rate"] == 0.0
     batch_loss = model(**Collator(processor)(rows[:4])).loss.item()
     assert abs(eval_loss(model, processor, rows[:4], batch_size=4) - batch_loss) < 1e-4
+
+
+def test_cli_trains_on_chat_format_with_bom_crlf_and_long_rows(tiny_dir, tmp_path):
+    image = REPO / "data" / "images" / "train_plan_00.png"
+    (tmp_path / "plan.png").write_bytes(image.read_bytes())
+    rows = [
+        {"messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "방의 폭은?"}]},
+                      {"role": "assistant", "content": [{"type": "text", "text": "3600 mm"}]}], "images": ["plan.png"]},
+        {"messages": [{"role": "system", "content": "짧게 답하세요."}, {"role": "user", "content": "거푸집을 영어로?"},
+                      {"role": "assistant", "content": "formwork"}]},
+        {"instruction": "설명하세요. " * 400, "input": "", "output": "짧은 답."},
+        {"instruction": "Long answer", "input": "", "output": "word " * 600},
+        {"instruction": "What is shown?", "input": "", "output": "A floor plan.", "image": "plan.png"},
+    ] * 3
+    data = tmp_path / "odd.jsonl"
+    data.write_bytes(("\r\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\r\n").encode("utf-8-sig"))
+    done = subprocess.run([sys.executable, "scripts/run_lora_finetune.py", "--data_path", str(data), "--model", "tiny",
+                           "--output_dir", str(tmp_path / "out"), "--max_steps", "2", "--logging_steps", "1"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "with a shortened prompt" in done.stdout and "answer is 601 tokens" in done.stdout
+    assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").is_file()

@@ -120,7 +120,6 @@ def training_arguments(settings: TrainSettings, has_eval: bool = True) -> Traini
         save_total_limit=settings.save_total_limit,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        gradient_checkpointing=False,  # enabled by prepare_for_training, non-reentrant
         remove_unused_columns=False,  # our rows carry image paths the collator needs
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
@@ -132,7 +131,10 @@ def training_arguments(settings: TrainSettings, has_eval: bool = True) -> Traini
 
 def build_trainer(model, processor, train_rows: list[dict], eval_rows: list[dict] | None,
                   settings: TrainSettings, callbacks=()) -> Trainer:
-    """A Trainer over encoded rows (utils.batching.encode_all); writes loss_history.json in output_dir."""
+    """A Trainer over encoded rows (utils.batching.encode_all); writes loss_history.json in output_dir.
+
+    Gradient checkpointing is switched on here (prepare_for_training), not through TrainingArguments,
+    so it is always the non-reentrant variant."""
     prepare_for_training(model, settings.gradient_checkpointing)
     history = LossHistoryCallback(Path(settings.output_dir) / "loss_history.json")
     return Trainer(model=model, args=training_arguments(settings, bool(eval_rows)), train_dataset=train_rows,
