@@ -77,6 +77,8 @@ def test_chat_format_rows(tmp_path):
         {"messages": [{"role": "user", "content": "no answer"}]},
         {"messages": [{"role": "user", "content": [{"type": "image"}]}, {"role": "assistant", "content": "x"}]},
         {"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "x"}]},
+        {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": [{"type": "image"}]},
+                      {"role": "assistant", "content": "x"}], "images": ["ok.png"]},
     ]
     (tmp_path / "ok.png").write_bytes(IMAGE.read_bytes())
     path = write_lines(tmp_path, [json.dumps(r, ensure_ascii=False) for r in rows])
@@ -84,8 +86,9 @@ def test_chat_format_rows(tmp_path):
     assert [e.answer for e in examples] == ["안전모", "hello"]
     assert examples[0].images == [(tmp_path / "ok.png").resolve()]
     problems = by_line(problems)
-    assert set(problems) == {3, 4, 5}
+    assert set(problems) == {3, 4, 5, 6}
     assert "last message" in problems[3].reason
+    assert "system message cannot go with an image" in problems[6].reason
     assert "0 image path(s) but 1 image item(s)" in problems[4].reason
     assert "role" in problems[5].reason
 

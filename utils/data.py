@@ -161,6 +161,9 @@ def _parse_chat(obj: dict, base: Path, where, problems: list[Problem], max_image
         problems.append(Problem(*where, "images", f"{len(paths)} image path(s) but {n_image_items} image item(s) in messages"))
     if n_image_items > max_images:
         problems.append(Problem(*where, "images", f"{n_image_items} images, the model takes at most {max_images} per row"))
+    if n_image_items and any(isinstance(m, dict) and m.get("role") == "system" for m in messages):
+        problems.append(Problem(*where, "messages", "a system message cannot go with an image "
+                                                    "(the Llama 3.2 Vision chat template refuses it)"))
     images = [_check_image(p, base, where, "images", problems) for p in paths]
     if len(problems) > n:
         return None
