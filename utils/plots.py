@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+from transformers import TrainerCallback
 
 from utils.memory import GROUPS
 
@@ -157,30 +158,24 @@ def show_label_mask(processor, encoded_row: dict) -> str:
     import html
 
     tok = processor.tokenizer
-    special = set(tok.all_special_tokens) | {"<|image|>"}
-    special |= {t for t, _ in label_mask_spans(processor, encoded_row) if t.startswith("<|") and t.endswith("|>")}
+    spans = label_mask_spans(processor, encoded_row)
+    special = set(tok.all_special_tokens) | {t for t, _ in spans if t.startswith("<|") and t.endswith("|>")}
     parts = []
-    for i, (piece, trained) in enumerate(label_mask_spans(processor, encoded_row)):
+    for i, (piece, trained) in enumerate(spans):
         text = piece if piece in special else tok.convert_tokens_to_string([piece])
         shown = html.escape(text).replace("\n", "↵<br>")
         style = ("background:#b7eb8f;" if trained else "background:#eeeeee;color:#777;") + \
                 ("font-weight:bold;" if piece in special else "")
         parts.append(f'<span class="{"trained" if trained else "masked"}" title="{i}" '
                      f'style="{style}border-right:1px solid #fff;font-family:monospace">{shown}</span>')
-    n_trained = sum(1 for _, t in label_mask_spans(processor, encoded_row) if t)
+    n_trained = sum(1 for _, t in spans if t)
     legend = (f'<div style="font-size:90%;margin-bottom:4px"><span style="background:#b7eb8f">trained</span> '
               f'{n_trained} tokens · <span style="background:#eeeeee;color:#777">masked (-100)</span> '
               f'{len(encoded_row["labels"]) - n_trained} tokens</div>')
     return legend + '<div style="line-height:1.9">' + "".join(parts) + "</div>"
 
 
-try:  # transformers is always installed with utils; keep the import local to the callback
-    from transformers import TrainerCallback as _TrainerCallback
-except ImportError:  # pragma: no cover
-    _TrainerCallback = object
-
-
-class LiveLossPlot(_TrainerCallback):
+class LiveLossPlot(TrainerCallback):
     """Redraws the loss chart in the notebook at every Trainer log (train and eval losses).
 
     Uses one IPython display handle, so the chart updates in place; headless (papermill, scripts)
