@@ -117,6 +117,21 @@ class Collator:
         return batch
 
 
+def model_device(model) -> torch.device:
+    """Where the model's first real (non-meta) parameter lives: cuda:0 on a GPU, cpu here."""
+    return next(p.device for p in model.parameters() if p.device.type != "meta")
+
+
+def to_device(batch: dict, model_or_device) -> dict:
+    """Every tensor of a batch on the model's device (the one place batches are moved).
+
+    A single-device `device_map={"": 0}` adds no hooks that move inputs, so a CPU batch given
+    to a model on cuda:0 fails; Trainer moves its own batches, everything else calls this.
+    """
+    device = model_or_device if isinstance(model_or_device, (str, torch.device)) else model_device(model_or_device)
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
 def token_lengths(processor, examples: list[Example], date_string: str = PINNED_DATE) -> list[dict]:
     """Per row: prompt/answer/total token counts, language (ko if the answer or prompt has Hangul), has_image."""
     tok = processor.tokenizer
