@@ -2,7 +2,8 @@
 
 import pytest
 
-from utils.batching import IGNORE_INDEX, Collator, encode, encode_all, recommend_max_seq_length, token_lengths
+from utils.batching import (IGNORE_INDEX, Collator, MixedBatchError, ModalityBatchSampler, encode, encode_all,
+                            modality_batches, recommend_max_seq_length, token_lengths)
 from utils.data import Example, load_examples
 
 from .conftest import REPO
@@ -51,18 +52,91 @@ def test_ids_equal_tokenizing_the_whole_conversation(processor, examples):
         assert processor.tokenizer(full, add_special_tokens=False).input_ids == encode(processor, ex, 512)["input_ids"]
 
 
-def test_mixed_batch_pads_and_masks(processor, examples):
+@pytest.mark.image_processing
+def test_image_batch_and_text_batch_pad_and_mask(processor, examples):
+    rows = encode_all(processor, [examples[0], examples[1], examples[4], examples[5]], 512, verbose=False)
+    image_batch = Collator(processor)(rows[:2])
+    assert image_batch["pixel_values"].shape[0] == 2
+    assert image_batch["aspect_ratio_ids"].shape[0] == 2
+    assert (image_batch["cross_attention_mask"].flatten(1).sum(1) > 0).all()  # both rows see their image
+    text_batch = Collator(processor)(rows[2:])
+    assert not {"pixel_values", "cross_attention_mask", "aspect_ratio_ids"} & set(text_batch)
+    for batch, pair in ((image_batch, rows[:2]), (text_batch, rows[2:])):
+        for i, row in enumerate(pair):
+            n = len(row["input_ids"])
+            assert batch["attention_mask"][i].sum() == n
+            assert (batch["labels"][i, n:] == IGNORE_INDEX).all()
+            assert batch["labels"][i, :n].tolist() == row["labels"]
+
+
+def test_collator_refuses_mixed_batches(processor, examples):
     rows = encode_all(processor, [examples[0], examples[4]], 512, verbose=False)
-    batch = Collator(processor)(rows)
-    assert batch["pixel_values"].shape[0] == 2
-    cross = batch["cross_attention_mask"]
-    assert cross[0].sum() > 0 and cross[1].sum() == 0  # the text-only row attends to no image
-    for i, row in enumerate(rows):
-        n = len(row["input_ids"])
-        assert batch["attention_mask"][i].sum() == n
-        assert (batch["labels"][i, n:] == IGNORE_INDEX).all()
-        assert trained_text(processor, batch["labels"][i].tolist()) == [examples[0], examples[4]][i].answer + EOT
-    assert "pixel_values" not in Collator(processor)(rows[1:])
+    with pytest.raises(MixedBatchError, match="1 image row.*1 text-only row.*modality_batches"):
+        Collator(processor)(rows)
+
+
+def fake_rows(n_image, n_text, seed=0):
+    import random
+
+    rng = random.Random(seed)
+    rows = [{"input_ids": [0] * rng.randint(5, 90), "image": "x.png" if i < n_image else None, "source": f"f:{i}"}
+            for i in range(n_image + n_text)]
+    rng.shuffle(rows)
+    return rows
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_modality_batches_are_pure_and_cover_every_row_once(shuffle):
+    rows = fake_rows(13, 50)
+    batches = modality_batches(rows, 4, shuffle=shuffle, seed=3)
+    assert sorted(i for b in batches for i in b) == list(range(len(rows)))
+    assert all(len({bool(rows[i]["image"]) for i in b}) == 1 for b in batches)
+    assert all(1 <= len(b) <= 4 for b in batches)
+    assert len(batches) == len(ModalityBatchSampler(rows, 4)) == 4 + 13  # ceil(13/4) + ceil(50/4)
+
+
+def test_modality_batches_group_by_length_cuts_padding_and_shuffles_by_seed():
+    rows = fake_rows(0, 400)
+
+    def padding(batches):
+        return sum(max(len(rows[i]["input_ids"]) for i in b) * len(b) - sum(len(rows[i]["input_ids"]) for i in b)
+                   for b in batches)
+
+    grouped = modality_batches(rows, 8, shuffle=True, seed=1)
+    plain = modality_batches(rows, 8, shuffle=True, seed=1, group_by_length=False)
+    assert padding(grouped) < padding(plain) / 4
+    assert grouped == modality_batches(rows, 8, shuffle=True, seed=1)  # same seed, same order
+    sampler = ModalityBatchSampler(rows, 8, seed=1)
+    first = list(sampler)
+    sampler.set_epoch(1)
+    assert list(sampler) != first  # a new order each epoch
+    sampler.set_epoch(0)
+    assert list(sampler) == first  # and the same again for a resumed epoch
+
+
+class NoEmptyImageLists:
+    """Stands in for the torchvision MllamaImageProcessor, which breaks on a batch where a row has no image."""
+
+    def __init__(self, real):
+        self.real, self.max_image_tiles, self.calls = real, real.max_image_tiles, 0
+
+    def __call__(self, images, **kwargs):
+        if any(len(row) == 0 for row in images):
+            raise IndexError("a row without an image reached the image processor")
+        self.calls += 1
+        return self.real(images=images, **kwargs)
+
+
+@pytest.mark.image_processing
+def test_collator_never_hands_the_image_processor_an_empty_row(processor, examples):
+    import copy
+
+    rows = encode_all(processor, examples, 512, verbose=False)  # 3 image rows, 5 text rows
+    fake = copy.copy(processor)
+    fake.image_processor = NoEmptyImageLists(processor.image_processor)
+    batches = list(Collator(fake).batches(rows, 2))
+    assert fake.image_processor.calls == 2  # two image batches (2 + 1 rows), the text batches need none
+    assert sum(b["input_ids"].shape[0] for b in batches) == len(rows)
 
 
 def test_truncation_keeps_answer_and_image(processor, examples):
@@ -79,6 +153,19 @@ def test_truncation_keeps_answer_and_image(processor, examples):
                                                                                       add_special_tokens=False).input_ids)])
         assert tail.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
     assert "<|image|>" in processor.tokenizer.decode(encode(processor, long_image, 64)["input_ids"])
+
+
+def test_truncation_keeps_the_question_at_the_end_of_the_user_text(processor):
+    # A seed row: a long instruction, then the term being asked about in `input`.
+    long_seed = Example([{"role": "user", "content": [{"type": "text", "text": "다음 건설 용어를 설명하세요. " * 80
+                                                                         + "\n\n거푸집"}]},
+                         {"role": "assistant", "content": [{"type": "text", "text": "formwork"}]}], source="x:3")
+    row = encode(processor, long_seed, 96)
+    assert row["truncated"] and len(row["input_ids"]) == 96
+    text = processor.tokenizer.decode(row["input_ids"])
+    assert text.endswith("거푸집<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nformwork<|eot_id|>")
+    assert "<|start_header_id|>user<|end_header_id|>\n\n다음 건설" in text  # the start of the user text stays too
+    assert trained_text(processor, row["labels"]) == "formwork" + EOT
 
 
 def test_rows_that_cannot_fit_are_skipped_and_reported(processor, capsys):

@@ -7,6 +7,7 @@ the label boundary is exact) and the collator only pads them and adds the image 
 
 from __future__ import annotations
 
+import random
 import re
 from dataclasses import dataclass
 
@@ -35,9 +36,20 @@ def render(processor, example: Example, date_string: str = PINNED_DATE) -> tuple
     return prompt, full[len(prompt):]
 
 
-def encode(processor, example: Example, max_seq_length: int, date_string: str = PINNED_DATE) -> dict:
-    """Token ids and labels for one example, cutting the middle of the prompt if it is too long.
+def _last_index_of(seq: list[int], sub: list[int]) -> int:
+    """Start of the last occurrence of `sub` in `seq`, or -1."""
+    for start in range(len(seq) - len(sub), -1, -1):
+        if seq[start:start + len(sub)] == sub:
+            return start
+    return -1
 
+
+def encode(processor, example: Example, max_seq_length: int, date_string: str = PINNED_DATE) -> dict:
+    """Token ids and labels for one example; a too-long prompt loses the middle of its last user text.
+
+    Kept whole: everything up to the last user header (system turn, earlier turns, `<|image|>`), the
+    start of the user text (a third of what fits) and its end (the rest: for seed rows the `input`
+    term being asked about), then `<|eot_id|>` and the assistant header. The answer is never cut.
     Returns a dict with input_ids, labels, image (path or None), source, truncated; or with
     `skip` set to the reason when the row cannot fit (nothing is dropped silently).
     """
@@ -48,18 +60,21 @@ def encode(processor, example: Example, max_seq_length: int, date_string: str = 
     out = {"image": str(example.images[0]) if example.images else None, "source": example.source, "truncated": False}
     overflow = len(prompt_ids) + len(answer_ids) - max_seq_length
     if overflow > 0:
-        # Keep the head (BOS, headers, <|image|>) and the tail (end of the user turn + assistant header).
-        tail = len(tok(processor.apply_chat_template([{"role": "user", "content": ""}], add_generation_prompt=True,
-                                                     tokenize=False, date_string=date_string).split(IMAGE_TOKEN)[-1]
-                       .rsplit("<|eot_id|>", 1)[-1], add_special_tokens=False).input_ids) + 1
-        head = len(prompt_ids) - tail - overflow
+        header = tok("<|start_header_id|>user<|end_header_id|>\n\n", add_special_tokens=False).input_ids
+        start = _last_index_of(prompt_ids, header)
+        start = start + len(header) if start >= 0 else 1
         image_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
-        needs_image = image_id in prompt_ids
-        min_head = (prompt_ids.index(image_id) + 1) if needs_image else 8
-        if head < min_head:
-            return {**out, "skip": f"answer is {len(answer_ids)} tokens; with the shortest prompt the row "
-                                   f"does not fit max_seq_length={max_seq_length}"}
-        prompt_ids = prompt_ids[:head] + prompt_ids[-tail:]
+        if image_id in prompt_ids[start:]:
+            start = start + prompt_ids[start:].index(image_id) + 1
+        # The user text ends at the last <|eot_id|> (the assistant header follows it).
+        end = len(prompt_ids) - 1 - prompt_ids[::-1].index(tok.convert_tokens_to_ids("<|eot_id|>"))
+        keep = (end - start) - overflow
+        if keep < min(16, end - start):
+            return {**out, "skip": f"answer is {len(answer_ids)} tokens and the prompt outside the user text is "
+                                   f"{len(prompt_ids) - (end - start)}; the row does not fit "
+                                   f"max_seq_length={max_seq_length}"}
+        head = keep // 3
+        prompt_ids = prompt_ids[:start + head] + prompt_ids[end - (keep - head):]
         out["truncated"] = True
     out["input_ids"] = prompt_ids + answer_ids
     out["labels"] = [IGNORE_INDEX] * len(prompt_ids) + answer_ids
@@ -84,15 +99,84 @@ def encode_all(processor, examples: list[Example], max_seq_length: int, date_str
     return encoded
 
 
+def modality_batches(rows: list[dict], batch_size: int, shuffle: bool = False, seed: int = 0,
+                     group_by_length: bool = True) -> list[list[int]]:
+    """Row indices in batches that are all-image or all-text, never mixed.
+
+    Why: (1) in transformers' Mllama a text row batched with an image row gets an all-zero
+    cross-attention mask, which becomes "attend to everything": the row attends to the padded
+    blank image (its attention output is not masked, transformers issue 39379), while at inference
+    a text-only prompt skips the cross-attention layers; (2) the torchvision MllamaImageProcessor
+    (what AutoProcessor picks when torchvision is installed, as on Colab) drops rows or raises
+    IndexError when some rows of a batch have no image.
+
+    Within a modality, rows of similar length go together (less padding) when `group_by_length`:
+    with `shuffle` the rows are shuffled, cut into chunks of 50 batches, each chunk sorted by length
+    and cut into batches, then the batches of both modalities are shuffled (as transformers'
+    LengthGroupedSampler does). Without `shuffle` the order is fixed (eval).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    rng = random.Random(seed)
+    batches = []
+    for has_image in (True, False):
+        idx = [i for i, r in enumerate(rows) if bool(r.get("image")) == has_image]
+        if shuffle:
+            rng.shuffle(idx)
+        if group_by_length:
+            chunk = len(idx) if not shuffle else 50 * batch_size
+            idx = [i for c in range(0, len(idx), chunk)
+                   for i in sorted(idx[c:c + chunk], key=lambda i: -len(rows[i]["input_ids"]))]
+        batches += [idx[b:b + batch_size] for b in range(0, len(idx), batch_size)]
+    if shuffle:
+        rng.shuffle(batches)
+    return batches
+
+
+class ModalityBatchSampler(torch.utils.data.Sampler):
+    """A batch sampler over encoded rows that yields modality_batches(); a new order per epoch.
+
+    Deterministic in (seed, epoch): Trainer calls set_epoch() before each epoch, so a resumed run
+    skips exactly the batches the interrupted run had already seen.
+    """
+
+    def __init__(self, rows: list[dict], batch_size: int, shuffle: bool = True, seed: int = 0,
+                 group_by_length: bool = True):
+        self.rows, self.batch_size, self.shuffle = rows, batch_size, shuffle
+        self.seed, self.group_by_length, self.epoch = seed, group_by_length, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        yield from modality_batches(self.rows, self.batch_size, self.shuffle, self.seed + self.epoch,
+                                    self.group_by_length)
+
+    def __len__(self) -> int:
+        n_image = sum(bool(r.get("image")) for r in self.rows)
+        return -(-n_image // self.batch_size) + -(-(len(self.rows) - n_image) // self.batch_size)
+
+
+class MixedBatchError(ValueError):
+    """A batch mixes image rows and text-only rows (see modality_batches for why that is refused)."""
+
+
 @dataclass
 class Collator:
-    """Pads encoded rows into a batch; image rows get pixel values and a cross-attention mask,
-    text-only rows in the same batch get an all-zero cross-attention mask."""
+    """Pads encoded rows into a batch. A batch is all-image (pixel values, aspect ratios and a
+    cross-attention mask are added) or all-text (no image inputs: Mllama skips its cross-attention
+    layers, as at inference). Mixed batches raise MixedBatchError: batch with modality_batches()."""
 
     processor: object
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         tok = self.processor.tokenizer
+        with_image = [bool(r.get("image")) for r in rows]
+        if any(with_image) and not all(with_image):
+            raise MixedBatchError(
+                f"batch mixes {sum(with_image)} image row(s) and {len(rows) - sum(with_image)} text-only row(s) "
+                f"({', '.join(str(r.get('source', '?')) for r in rows)}); a text row would attend to a blank image. "
+                "Batch rows with utils.batching.modality_batches / ModalityBatchSampler.")
         width = max(len(r["input_ids"]) for r in rows)
         pad = tok.pad_token_id
         input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -104,8 +188,11 @@ class Collator:
             labels[i, :n] = torch.tensor(r["labels"])
             attention_mask[i, :n] = 1
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-        if any(r.get("image") for r in rows):
-            images = [[Image.open(r["image"]).convert("RGB")] if r.get("image") else [] for r in rows]
+        if all(with_image):
+            images = []
+            for r in rows:
+                with Image.open(r["image"]) as img:
+                    images.append([img.convert("RGB")])
             pixels = self.processor.image_processor(images=images, return_tensors="pt")
             num_tiles = pixels.pop("num_tiles")
             image_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
@@ -115,6 +202,11 @@ class Collator:
             batch.update({k: torch.as_tensor(v) for k, v in pixels.items()})
             batch["cross_attention_mask"] = torch.as_tensor(mask)
         return batch
+
+    def batches(self, rows: list[dict], batch_size: int):
+        """Collated, modality-pure batches of `rows` in a fixed order (eval loss, reload checks)."""
+        for idx in modality_batches(rows, batch_size):
+            yield self([rows[i] for i in idx])
 
 
 def model_device(model) -> torch.device:
