@@ -1,5 +1,11 @@
 """Profiles, precision choices and the 11B access errors (no network needed)."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import huggingface_hub.constants
 import pytest
 import torch
 
@@ -33,9 +39,18 @@ def test_quantization_configs():
         quantization_config("int3")
 
 
-def test_missing_token_gives_the_steps_without_network(monkeypatch):
-    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+REPO = Path(__file__).resolve().parent.parent
+
+
+def no_token_anywhere(monkeypatch, tmp_path):
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
         monkeypatch.delenv(name, raising=False)
+    # huggingface_hub reads HF_HOME once at import: point its token file at an empty folder
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "token"))
+
+
+def test_missing_token_gives_the_steps_without_network(monkeypatch, tmp_path):
+    no_token_anywhere(monkeypatch, tmp_path)
     assert get_hf_token() is None
     with pytest.raises(HubAccessError, match="HF_TOKEN.*license"):
         load_model("11b", "8bit")
@@ -44,9 +59,49 @@ def test_missing_token_gives_the_steps_without_network(monkeypatch):
 def test_gated_error_is_explained_and_never_shows_the_token(monkeypatch):
     secret = "hf_" + "x" * 34
     monkeypatch.setenv("HF_TOKEN", secret)
-    assert get_hf_token() == secret
+    found = get_hf_token() == secret  # compared, never shown: a failing assert would print the value
+    assert found, "get_hf_token() did not return HF_TOKEN"
     err = _hub_errors("meta-llama/Llama-3.2-11B-Vision-Instruct", OSError("401 Client Error: gated repo"))
     assert isinstance(err, HubAccessError)
-    assert "Accept the license" in str(err) and secret not in str(err)
+    leaked = secret in str(err)
+    assert "Accept the license" in str(err) and not leaked
     other = OSError("disk full")
     assert _hub_errors("x", other) is other
+
+
+def test_token_saved_by_hf_auth_login_is_found(tmp_path):
+    """`hf auth login` / notebook_login() write $HF_HOME/token; a hand-written env lookup missed it.
+
+    Runs in a fresh interpreter because huggingface_hub reads HF_HOME at import. The token is a fake
+    built at runtime, and the child only says whether it matched: it is never printed.
+    """
+    secret = "hf_" + "x" * 34
+    (tmp_path / "token").write_text(secret)
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE")}
+    env["HF_HOME"] = str(tmp_path)
+    check = ("from pathlib import Path; import sys; from utils.modeling import get_hf_token; "
+             "sys.exit(0 if get_hf_token() == Path(sys.argv[1]).read_text() else 3)")
+    child = subprocess.run([sys.executable, "-c", check, str(tmp_path / "token")], cwd=REPO, env=env,
+                           capture_output=True, text=True)
+    leaked = secret in child.stdout + child.stderr
+    assert not leaked, "the token appeared in the output"
+    assert child.returncode == 0, "get_hf_token() did not find $HF_HOME/token (exit %d)" % child.returncode
+
+
+def test_auto_precision_is_accepted_where_precision_is(monkeypatch):
+    import utils.config
+
+    monkeypatch.delenv("LLAMA_VISION_PRECISION", raising=False)
+    monkeypatch.setattr(utils.config, "gpu_memory_gib", lambda: 15.0)  # a T4: the plan picks nf4
+    assert quantization_config("auto").load_in_4bit
+    monkeypatch.setattr(utils.config, "gpu_memory_gib", lambda: 0.0)  # CPU: the tiny model in 8-bit
+    assert quantization_config("auto").load_in_8bit
+
+
+def test_load_model_auto_precision_on_cpu(monkeypatch, tiny_dir):
+    import utils.config
+
+    monkeypatch.delenv("LLAMA_VISION_PRECISION", raising=False)
+    monkeypatch.setattr(utils.config, "gpu_memory_gib", lambda: 0.0)
+    model = load_model(model_name_or_path=tiny_dir, precision="auto")
+    assert any(type(m).__name__ == "Linear8bitLt" for m in model.modules())

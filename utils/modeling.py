@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import torch
 from transformers import AutoProcessor, BitsAndBytesConfig, MllamaForConditionalGeneration
 
-from utils.config import DEFAULT_SKIP_MODULES, MODEL_ID_11B, PRECISIONS, compute_dtype, mixed_precision, resolve_profile
+from utils.config import (
+    DEFAULT_SKIP_MODULES,
+    MODEL_ID_11B,
+    PRECISIONS,
+    compute_dtype,
+    mixed_precision,
+    resolve_precision,
+    resolve_profile,
+)
 
 
 class HubAccessError(RuntimeError):
@@ -16,16 +21,12 @@ class HubAccessError(RuntimeError):
 
 
 def get_hf_token() -> str | None:
-    """The Hugging Face token from HF_TOKEN or Colab Secrets; never printed or stored."""
-    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
-    if token:
-        return token
-    try:  # Colab Secrets (the key icon in the left bar), only inside Colab
-        from google.colab import userdata
+    """The Hugging Face token, never printed or stored: `huggingface_hub.get_token()`, which looks in
+    HF_TOKEN (and HUGGING_FACE_HUB_TOKEN), the token file that `hf auth login` / `notebook_login()`
+    write ($HF_HOME/token) and Colab Secrets (HF_TOKEN), in that order."""
+    from huggingface_hub import get_token
 
-        return userdata.get("HF_TOKEN")
-    except Exception:
-        return None
+    return get_token()
 
 
 def model_source(profile: str | None = None, model_name_or_path: str | None = None) -> str:
@@ -41,9 +42,13 @@ def model_source(profile: str | None = None, model_name_or_path: str | None = No
 
 def quantization_config(precision: str, skip_modules=DEFAULT_SKIP_MODULES,
                         threshold: float = 6.0) -> BitsAndBytesConfig | None:
-    """BitsAndBytesConfig for '8bit' (LLM.int8) or '4bit' (nf4); None for 16/32-bit precisions."""
+    """BitsAndBytesConfig for '8bit' (LLM.int8) or '4bit' (nf4); None for 16/32-bit precisions.
+
+    'auto' is the precision `utils.config.choose_setup` picks for this machine.
+    """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    precision = resolve_precision(precision)
     # transformers 5 matches these from the start of the full module name ("model.vision_model...");
     # older versions match substrings. Listing both forms works with either.
     skip = [p for name in (skip_modules or []) for p in (name, f"model.{name}")]
@@ -83,10 +88,15 @@ def load_processor(profile: str | None = None, model_name_or_path: str | None = 
 def load_model(profile: str | None = None, precision: str = "8bit", model_name_or_path: str | None = None,
                skip_modules=DEFAULT_SKIP_MODULES, int8_threshold: float = 6.0,
                attn_implementation: str = "sdpa") -> MllamaForConditionalGeneration:
-    """The Mllama model for a profile, quantized per `precision` ('8bit' default).
+    """The Mllama model for a profile, quantized per `precision` ('8bit' default; 'auto': the
+    precision `utils.config.choose_setup` picks for this machine and profile).
 
-    16-bit parts use bf16/fp16 on a GPU and fp32 on CPU; on GPU everything goes to device 0.
+    16-bit parts use bf16 (compute capability 8.0+) / fp16 on a GPU and fp32 on CPU; on GPU
+    everything goes to device 0.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    precision = resolve_precision(precision, profile)
     source = model_source(profile, model_name_or_path)
     on_gpu = torch.cuda.is_available()
     if precision in ("bf16", "fp16", "fp32"):
