@@ -86,3 +86,20 @@ def test_plot_memory_plan(tmp_path):
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_yticklabels()] == list(rows)
     assert (tmp_path / "mem.png").stat().st_size > 1000
+
+
+def test_count_parameters_of_a_4bit_model_counts_the_packed_values():
+    # bitsandbytes Params4bit stores two 4-bit values per uint8 byte: numel() is half the weight count
+    from utils.tiny import tiny_model_dir
+
+    path = tiny_model_dir()
+    fp32 = load_model(model_name_or_path=path, precision="fp32")
+    nf4 = load_model(model_name_or_path=path, precision="4bit")
+    assert any(type(p).__name__ == "Params4bit" for p in nf4.parameters())
+    assert sum(p.numel() for p in nf4.parameters()) < sum(p.numel() for p in fp32.parameters())  # the trap
+    base_total = sum(p.numel() for p in fp32.parameters())
+    assert count_parameters(nf4)[1] == count_parameters(fp32)[1] == base_total
+    settings = LoraSettings()
+    trainable, total = count_parameters(add_lora(nf4, settings))
+    assert (trainable, total) == count_parameters(add_lora(fp32, settings))
+    assert trainable == expected_lora_parameters(tiny_config(), settings) and total == base_total + trainable

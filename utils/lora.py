@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import torch
@@ -62,10 +63,26 @@ def add_lora(model, settings: LoraSettings):
     return get_peft_model(model, lora_config(model, settings))
 
 
+def _n_values(p) -> int:
+    """Weights a parameter holds. bitsandbytes Params4bit packs two 4-bit values per byte of its
+    storage (uint8 by default), so its numel() is half the real count; its quant_state keeps the
+    original shape. 8-bit weights (Int8Params) hold one value per element."""
+    if type(p).__name__ == "Params4bit":
+        shape = getattr(getattr(p, "quant_state", None), "shape", None)
+        if shape is not None:
+            return math.prod(shape)
+        return p.numel() * 2 * p.element_size()  # not quantized yet: same correction as peft's
+    return p.numel()
+
+
 def count_parameters(model) -> tuple[int, int]:
-    """(trainable, total) parameter counts; 8-bit weights count once per element."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    """(trainable, total) parameter counts; quantized weights count once per value (8-bit and 4-bit)."""
+    trainable = total = 0
+    for p in model.parameters():
+        n = _n_values(p)
+        total += n
+        if p.requires_grad:
+            trainable += n
     return trainable, total
 
 
