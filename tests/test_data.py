@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from utils.data import DataError, check_file, load_examples, read_jsonl
+from utils.data import DataError, check_file, load_examples, main, read_jsonl
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGE = REPO / "data" / "images" / "train_sign_00.png"
@@ -120,3 +120,44 @@ def test_check_cli_exit_codes(tmp_path):
                             cwd=REPO, capture_output=True, text=True)
     assert broken.returncode == 1
     assert "broken.jsonl:5: [output] must be a string, got number" in broken.stdout
+
+
+def test_system_message_given_as_typed_parts_becomes_a_string(tmp_path):
+    # The released 11B template does messages[0]['content']|trim: a list would render as its Python repr.
+    row = {"messages": [{"role": "system", "content": [{"type": "text", "text": "Answer in English. "},
+                                                       {"type": "text", "text": "Be brief."}]},
+                        {"role": "user", "content": "거푸집?"},
+                        {"role": "assistant", "content": [{"type": "text", "text": "formwork"}]}]}
+    path = write_lines(tmp_path, [json.dumps(row, ensure_ascii=False)])
+    [example] = load_examples(path)
+    system = example.messages[0]
+    assert system["role"] == "system"
+    assert system["content"] == "Answer in English. Be brief."
+    assert example.messages[2]["content"] == [{"type": "text", "text": "formwork"}]  # other roles untouched
+
+
+@pytest.mark.parametrize("content", ["", "\n\n   \n", "\r\n"])
+def test_check_cli_refuses_a_file_without_rows(tmp_path, capsys, content):
+    path = tmp_path / "empty.jsonl"
+    path.write_text(content)
+    assert main(["check", str(path)]) == 1
+    out = capsys.readouterr()
+    assert "no usable rows" in out.out + out.err and "empty" in out.out + out.err
+    with pytest.raises(DataError, match="no usable rows.*empty"):
+        load_examples(path)
+
+
+def test_check_cli_refuses_a_file_whose_every_row_is_bad(tmp_path, capsys):
+    path = write_lines(tmp_path, ['{"instruction": "x", "output": 3}', "not json"])
+    assert main(["check", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "no usable rows" in out and "all 2 rows are bad" in out
+    with pytest.raises(DataError, match="no usable rows") as err:
+        load_examples(path, skip_bad=True)
+    assert f"{path}:2: [-] invalid JSON" in str(err.value)  # the report is still there
+
+
+def test_check_cli_good_file_still_passes(tmp_path, capsys):
+    path = write_lines(tmp_path, [good(), "", good()])
+    assert main(["check", str(path)]) == 0
+    assert "2 good rows" in capsys.readouterr().out

@@ -49,11 +49,12 @@ class Example:
 
 
 class DataError(ValueError):
-    """Bad rows in a data file; `.problems` lists every one."""
+    """Bad rows in a data file; `.problems` lists every one. `headline` (optional) comes first."""
 
-    def __init__(self, problems: list[Problem]):
+    def __init__(self, problems: list[Problem], headline: str | None = None):
         self.problems = problems
-        super().__init__(format_report(problems))
+        report = format_report(problems) if problems else ""
+        super().__init__("\n".join(part for part in (headline, report) if part) or format_report(problems))
 
 
 def format_report(problems: list[Problem]) -> str:
@@ -62,6 +63,14 @@ def format_report(problems: list[Problem]) -> str:
     lines = sorted({p.line for p in problems})
     head = f"{len(problems)} problem(s) on {len(lines)} line(s):"
     return "\n".join([head] + [f"  {p}" for p in problems])
+
+
+def no_rows_message(path, problems: list[Problem]) -> str | None:
+    """Why a file with no good rows cannot be used (None when it has some)."""
+    bad = len({p.line for p in problems})
+    if not bad:
+        return f"{path}: no usable rows: the file is empty or has only blank lines"
+    return f"{path}: no usable rows: " + ("the only row is bad" if bad == 1 else f"all {bad} rows are bad")
 
 
 def message_text(message: dict) -> str:
@@ -167,6 +176,9 @@ def _parse_chat(obj: dict, base: Path, where, problems: list[Problem], max_image
     images = [_check_image(p, base, where, "images", problems) for p in paths]
     if len(problems) > n:
         return None
+    # The released 11B template renders system content with `messages[0]['content'] | trim`: typed
+    # parts would print as a Python list. A system turn is text only (checked above), so join it.
+    messages = [{**m, "content": message_text(m)} if m["role"] == "system" else m for m in messages]
     return Example(messages, images)
 
 
@@ -211,21 +223,24 @@ def check_file(path, max_images: int = MAX_IMAGES_PER_ROW) -> list[Problem]:
 
 
 def load_examples(path, skip_bad: bool = False, max_images: int = MAX_IMAGES_PER_ROW) -> list[Example]:
-    """All examples of a file. Bad lines raise DataError, or with skip_bad=True are dropped and reported."""
+    """All examples of a file. Bad lines raise DataError, or with skip_bad=True are dropped and reported.
+
+    A file without a usable row (empty, only blank lines, or every row bad) always raises DataError.
+    """
     examples, problems = read_jsonl(path, max_images)
     if problems and not skip_bad:
         raise DataError(problems)
     if problems:
         print(f"skip_bad=True: dropped {len({p.line for p in problems})} bad line(s) of {path}:\n{format_report(problems)}")
     if not examples:
-        raise DataError(problems or [Problem(str(path), 0, "-", "no rows")])
+        raise DataError(problems, no_rows_message(path, problems))
     return examples
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m utils.data", description="Check JSONL training data.")
     sub = parser.add_subparsers(dest="command", required=True)
-    check = sub.add_parser("check", help="report every bad line (exit 1 if any)")
+    check = sub.add_parser("check", help="report every bad line (exit 1 if any, or if no row is usable)")
     check.add_argument("paths", nargs="+")
     check.add_argument("--max-images", type=int, default=MAX_IMAGES_PER_ROW)
     args = parser.parse_args(argv)
@@ -242,6 +257,9 @@ def main(argv=None) -> int:
             print(format_report(problems))
             status = max(status, 1)
         print(f"{path}: {len(examples)} good rows ({n_img} with an image), {len({p.line for p in problems})} bad")
+        if not examples:
+            print(no_rows_message(path, problems))
+            status = max(status, 1)
     return status
 
 
