@@ -64,7 +64,7 @@ def test_plan_11b_ranges(model_11b):
     assert 10 <= int8 <= 12 and 19 <= bf16 <= 21 and 7 <= nf4 < int8
     assert math.isclose(bf16, 10_670_220_835 * 2 / GIB, rel_tol=1e-6)
     rows = memory_plan_rows()
-    # quantizing the vision tower and projector too saves about 0.8 GiB (DESIGN)
+    # quantizing the vision tower and projector too saves about 0.8 GiB (docs/facts.md, 8-bit skip modules)
     saved = (rows["int8 (vision 16-bit)"]["total"] - rows["int8 all"]["total"]) / GIB
     assert 0.7 < saved < 0.85
 

@@ -1,8 +1,9 @@
 """The tiny offline profile: a small Mllama with the real Llama 3.2 Vision tokenizer (notebook 02).
 
 The model is built once (seeded), briefly pre-trained on data/pretrain_corpus.txt so that
-fine-tuning has something to adapt (see DESIGN.md), saved to a git-ignored cache folder and
-then loaded with `from_pretrained` exactly like the 11B model.
+fine-tuning has something to adapt (a random model has nothing for LoRA to adapt; see
+docs/facts.md), saved to a git-ignored cache folder and then loaded with `from_pretrained`
+exactly like the 11B model.
 """
 
 from __future__ import annotations
