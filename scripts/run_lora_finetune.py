@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import random
 import sys
 import time
@@ -98,8 +99,24 @@ def split_data(args):
     return train, evaluation
 
 
+def summary_line(steps: int, seconds: float, history: dict) -> str:
+    """One line for the end of a run; works with an empty history (nothing logged)."""
+    train_losses = [loss for _, loss in history.get("train", [])]
+    eval_losses = [loss for _, loss in history.get("eval", [])]
+    text = f"done: {steps} steps in {seconds:.0f} s"
+    if train_losses:
+        text += f", train loss {train_losses[0]:.3f} -> {train_losses[-1]:.3f}"
+    else:
+        text += ", no train loss logged"
+    if eval_losses:
+        text += f", eval loss {eval_losses[-1]:.3f}"
+    return text
+
+
 def main(argv=None) -> int:
     warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
+    # bitsandbytes logs "MatMul8bitLt: inputs will be cast ..." at every int8 matmul on CPU (a log record, not a warning).
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     args = parse_args(argv)
     args.model = resolve_profile(args.model)
     from utils.batching import encode_all
@@ -146,12 +163,8 @@ def main(argv=None) -> int:
     train(trainer, resume=args.resume)
     files = export_adapter(model, processor, Path(args.output_dir) / "adapter", train_settings.to_dict(),
                            lora_settings.to_dict())
-    history = json.loads((Path(args.output_dir) / "loss_history.json").read_text())
-    if eval_rows:
-        history["eval"].append([trainer.state.global_step, trainer.evaluate()["eval_loss"]])
-    first, last = history["train"][0][1], history["train"][-1][1]
-    print(f"done in {time.time() - start:.0f} s: train loss {first:.3f} -> {last:.3f}"
-          + (f", eval loss {history['eval'][-1][1]:.3f}" if history["eval"] else ""))
+    print(summary_line(trainer.state.global_step, time.time() - start,
+                       json.loads((Path(args.output_dir) / "loss_history.json").read_text())))
     print(f"adapter in {Path(args.output_dir) / 'adapter'}: " + ", ".join(f"{k} ({v / 1e6:.2f} MB)" for k, v in files.items()))
     return 0
 

@@ -124,7 +124,7 @@ def modality_batches(rows: list[dict], batch_size: int, shuffle: bool = False, s
         if shuffle:
             rng.shuffle(idx)
         if group_by_length:
-            chunk = len(idx) if not shuffle else 50 * batch_size
+            chunk = max(len(idx), 1) if not shuffle else 50 * batch_size
             idx = [i for c in range(0, len(idx), chunk)
                    for i in sorted(idx[c:c + chunk], key=lambda i: -len(rows[i]["input_ids"]))]
         batches += [idx[b:b + batch_size] for b in range(0, len(idx), batch_size)]
@@ -210,7 +210,11 @@ class Collator:
 
 
 def model_device(model) -> torch.device:
-    """Where the model's first real (non-meta) parameter lives: cuda:0 on a GPU, cpu here."""
+    """Where the model's inputs go: its `.device` (Hugging Face models and PeftModel have one; cuda:0
+    on a GPU, cpu here), else its first parameter that is not on the meta device."""
+    device = getattr(model, "device", None)
+    if isinstance(device, torch.device):
+        return device
     return next(p.device for p in model.parameters() if p.device.type != "meta")
 
 

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import torch
 from peft import PeftModel, get_peft_model_state_dict
+from transformers import AutoProcessor
+
+from utils.batching import to_device
 
 SEED_STATE_DICT = "lora_adapter_state_dict.pt"
 
@@ -34,17 +37,47 @@ def load_adapter(base_model, adapter_dir) -> PeftModel:
 
 @torch.no_grad()
 def max_logit_difference(model_a, model_b, batch: dict) -> float:
-    """Largest absolute difference of the two models' logits on one batch (the reload check)."""
+    """Largest absolute difference of the two models' logits on one batch (the reload check).
+
+    The batch is moved to each model's device (a model on cuda:0 gets no input-moving hooks).
+    """
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    a, b = model_a.eval()(**inputs).logits.float(), model_b.eval()(**inputs).logits.float()
+    a = model_a.eval()(**to_device(inputs, model_a)).logits.float().cpu()
+    b = model_b.eval()(**to_device(inputs, model_b)).logits.float().cpu()
     return (a - b).abs().max().item()
 
 
+@torch.no_grad()
+def reload_check(peft_model: PeftModel, adapter_dir, batch: dict, adapter_name: str = "reloaded") -> float:
+    """Load the saved adapter onto the same base under a second name and compare logits with the
+    active adapter: no second copy of the base model (which would not fit beside an 11B one).
+
+    Returns the largest absolute logit difference; the reloaded adapter is deleted afterwards.
+    """
+    active = peft_model.active_adapter
+    inputs = to_device({k: v for k, v in batch.items() if k != "labels"}, peft_model)
+    peft_model.eval()
+    trained = peft_model(**inputs).logits.float()
+    peft_model.load_adapter(str(adapter_dir), adapter_name=adapter_name)
+    try:
+        peft_model.set_adapter(adapter_name)
+        reloaded = peft_model(**inputs).logits.float()
+    finally:
+        peft_model.set_adapter(active)
+        peft_model.delete_adapter(adapter_name)
+    return (trained - reloaded).abs().max().item()
+
+
 def merge_adapter(base_model, adapter_dir, out_dir=None):
-    """Fold the adapter into a 16/32-bit base (not a quantized one) and optionally save the result."""
+    """Fold the adapter into a 16/32-bit base (not a quantized one) and optionally save the result.
+
+    The saved folder also gets the processor files from `adapter_dir`, so it loads on its own with
+    AutoProcessor and MllamaForConditionalGeneration.from_pretrained.
+    """
     if any(type(m).__name__ in ("Linear8bitLt", "Linear4bit") for m in base_model.modules()):
         raise ValueError("merge into a 16-bit base: load it with precision='bf16' (or 'fp32' on CPU), not 8bit/4bit")
     merged = PeftModel.from_pretrained(base_model, str(adapter_dir)).merge_and_unload()
     if out_dir:
         merged.save_pretrained(out_dir)
+        AutoProcessor.from_pretrained(str(adapter_dir)).save_pretrained(out_dir)
     return merged

@@ -8,15 +8,11 @@ import re
 import torch
 from PIL import Image
 
-from utils.batching import IMAGE_TOKEN, Collator, render
+from utils.batching import IMAGE_TOKEN, Collator, render, to_device
 from utils.config import PINNED_DATE
 from utils.data import Example
 
 STOP_TOKENS = ("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>")
-
-
-def _model_device(model) -> torch.device:
-    return next(p.device for p in model.parameters() if p.device.type != "meta")
 
 
 @torch.no_grad()
@@ -27,7 +23,7 @@ def generate_answer(model, processor, example: Example, max_new_tokens: int = 48
     prompt, _ = render(processor, example, date_string)
     images = [Image.open(p).convert("RGB") for p in example.images] or None
     inputs = processor(text=prompt, images=images, add_special_tokens=False, return_tensors="pt")
-    inputs = {k: v.to(_model_device(model)) for k, v in inputs.items()}
+    inputs = to_device(dict(inputs), model)
     tok = processor.tokenizer
     stop_ids = [tok.convert_tokens_to_ids(t) for t in STOP_TOKENS]
     was_training = model.training
@@ -64,14 +60,13 @@ def evaluate_answers(model, processor, examples: list[Example], max_new_tokens: 
 
 @torch.no_grad()
 def eval_loss(model, processor, encoded_rows: list[dict], batch_size: int = 4) -> float:
-    """Mean token loss over the answer tokens of `encoded_rows` (utils.batching.encode_all), like Trainer's eval."""
-    collate = Collator(processor)
-    device = next(p.device for p in model.parameters() if p.device.type != "meta")
+    """Mean token loss over the answer tokens of `encoded_rows` (utils.batching.encode_all), like Trainer's
+    eval: modality-pure batches, each moved to the model's device."""
     was_training = model.training
     model.eval()
     total, tokens = 0.0, 0
-    for i in range(0, len(encoded_rows), batch_size):
-        batch = {k: v.to(device) for k, v in collate(encoded_rows[i:i + batch_size]).items()}
+    for batch in Collator(processor).batches(encoded_rows, batch_size):
+        batch = to_device(batch, model)
         n = int((batch["labels"][:, 1:] != -100).sum())
         total += model(**batch).loss.float().item() * n
         tokens += n

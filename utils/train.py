@@ -8,10 +8,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import IntervalStrategy, get_last_checkpoint
 
-from utils.batching import Collator
+from utils.batching import Collator, ModalityBatchSampler
 from utils.config import mixed_precision
 
 
@@ -32,6 +33,7 @@ class TrainSettings:
     save_steps: int = 25
     save_total_limit: int = 2
     gradient_checkpointing: bool = True
+    group_by_length: bool = True
     seed: int = 42
 
     def to_dict(self) -> dict:
@@ -49,7 +51,7 @@ def freeze_vision_tower(model) -> bool:
 
     With gradient checkpointing and input grads enabled the frozen tower's output otherwise
     requires grad, so the tower keeps every activation for a backward pass that changes nothing
-    (DESIGN.md). Returns True when the wrapper is installed, False when the tower trains (LoRA on it).
+    (see docs/facts.md). Returns True when the wrapper is installed, False when the tower trains (LoRA on it).
     """
     tower = vision_tower(model)
     if any(p.requires_grad for p in tower.parameters()):
@@ -94,6 +96,21 @@ class LossHistoryCallback(TrainerCallback):
         self.path.write_text(json.dumps(loss_history(state.log_history), indent=1))
 
 
+class LogLastStep(TrainerCallback):
+    """Log (and evaluate, when there is an eval set) at the last step too.
+
+    Trainer logs every `logging_steps`; a run shorter than that (a 5-row file: 3 optimizer steps)
+    would otherwise end with no train loss logged at all.
+    """
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.max_steps and state.global_step >= state.max_steps:
+            control.should_log = True
+            if args.eval_strategy != IntervalStrategy.NO:
+                control.should_evaluate = True
+        return control
+
+
 def loss_history(log_history: list[dict]) -> dict[str, list]:
     """{"train": [[step, loss], ...], "eval": [[step, eval_loss], ...]} from Trainer's log history."""
     return {"train": [[h["step"], h["loss"]] for h in log_history if "loss" in h],
@@ -129,6 +146,27 @@ def training_arguments(settings: TrainSettings, has_eval: bool = True) -> Traini
     )
 
 
+class ModalityTrainer(Trainer):
+    """Trainer whose train and eval batches are all-image or all-text (utils.batching.modality_batches),
+    grouped by length within a modality for training."""
+
+    group_by_length: bool = True
+
+    def _modality_loader(self, rows, batch_size: int, shuffle: bool) -> DataLoader:
+        sampler = ModalityBatchSampler(rows, batch_size, shuffle=shuffle, seed=self.args.seed,
+                                       group_by_length=self.group_by_length)
+        loader = DataLoader(rows, batch_sampler=sampler, collate_fn=self.data_collator,
+                            num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)
+        return self.accelerator.prepare(loader)
+
+    def get_train_dataloader(self) -> DataLoader:
+        return self._modality_loader(self.train_dataset, self._train_batch_size, shuffle=True)
+
+    def get_eval_dataloader(self, eval_dataset=None) -> DataLoader:
+        rows = self.eval_dataset if eval_dataset is None or isinstance(eval_dataset, str) else eval_dataset
+        return self._modality_loader(rows, self.args.eval_batch_size, shuffle=False)
+
+
 def build_trainer(model, processor, train_rows: list[dict], eval_rows: list[dict] | None,
                   settings: TrainSettings, callbacks=()) -> Trainer:
     """A Trainer over encoded rows (utils.batching.encode_all); writes loss_history.json in output_dir.
@@ -137,9 +175,11 @@ def build_trainer(model, processor, train_rows: list[dict], eval_rows: list[dict
     so it is always the non-reentrant variant."""
     prepare_for_training(model, settings.gradient_checkpointing)
     history = LossHistoryCallback(Path(settings.output_dir) / "loss_history.json")
-    return Trainer(model=model, args=training_arguments(settings, bool(eval_rows)), train_dataset=train_rows,
-                   eval_dataset=eval_rows or None, data_collator=Collator(processor),
-                   callbacks=[history, *callbacks])
+    trainer = ModalityTrainer(model=model, args=training_arguments(settings, bool(eval_rows)), train_dataset=train_rows,
+                              eval_dataset=eval_rows or None, data_collator=Collator(processor),
+                              callbacks=[history, LogLastStep(), *callbacks])
+    trainer.group_by_length = settings.group_by_length
+    return trainer
 
 
 def last_checkpoint(output_dir) -> str | None:
