@@ -128,3 +128,15 @@ def test_measured_gpu_memory_is_used_when_not_given(monkeypatch):
 
 def test_auto_is_a_precision_choice():
     assert "auto" in PRECISIONS
+
+
+def test_explicit_or_cpu_choices_do_not_build_the_plan(monkeypatch):
+    # resolve_profile runs in every notebook's first cell and in model_source: only 'auto' on a GPU plans
+    monkeypatch.setattr(config, "planned_peak_gib", lambda *a, **k: pytest.fail("planned without need"))
+    monkeypatch.setattr(config, "gpu_memory_gib", lambda: 80.0)
+    assert resolve_profile("tiny") == "tiny" and resolve_precision("4bit") == "4bit"
+    monkeypatch.setenv("LLAMA_VISION_PROFILE", "11b")
+    assert resolve_profile("auto") == "11b"
+    monkeypatch.delenv("LLAMA_VISION_PROFILE")
+    monkeypatch.setattr(config, "gpu_memory_gib", lambda: 0.0)
+    assert resolve_profile("auto") == "tiny" and resolve_precision("auto") == "8bit"

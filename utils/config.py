@@ -161,15 +161,24 @@ def resolve_profile(profile: str | None = None, precision: str | None = None) ->
     """'tiny' or '11b'. `None` or 'auto' reads the env var LLAMA_VISION_PROFILE (default 'auto').
 
     'auto' follows `choose_setup`: the 11B model when it fits the GPU in the chosen (or given)
-    precision, else tiny.
+    precision, else tiny. Only 'auto' on a GPU needs the memory plan; the rest is decided at once.
     """
+    chosen, _ = _pick(profile, "LLAMA_VISION_PROFILE", ("tiny", "11b"), "profile")
+    if chosen != "auto":
+        return chosen
+    if gpu_memory_gib() <= 0:
+        return "tiny"
     return choose_setup(profile, precision).profile
 
 
 def resolve_precision(precision: str | None = None, profile: str | None = None) -> str:
-    """A weight precision to load with (one of LOAD_PRECISIONS); None or 'auto' asks `choose_setup`."""
-    if precision is not None and str(precision).lower() in LOAD_PRECISIONS:
-        return str(precision).lower()
+    """A weight precision to load with (one of LOAD_PRECISIONS); None or 'auto' reads
+    LLAMA_VISION_PRECISION, then asks `choose_setup` (8bit without a GPU)."""
+    chosen, _ = _pick(precision, "LLAMA_VISION_PRECISION", LOAD_PRECISIONS, "precision")
+    if chosen != "auto":
+        return chosen
+    if gpu_memory_gib() <= 0:
+        return "8bit"
     return choose_setup(profile, precision).precision
 
 
