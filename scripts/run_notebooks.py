@@ -4,14 +4,18 @@
     python scripts/run_notebooks.py --profile tiny --only 01,03
     python scripts/run_notebooks.py --profile tiny --update-readme-images
     python scripts/run_notebooks.py --fresh              # delete OUTPUT_DIR/run first (else training resumes)
+    python scripts/run_notebooks.py --only 01 --param train_file=/abs/path/train.jsonl --param max_steps=4
+    python scripts/run_notebooks.py --cell-timeout 1200  # seconds one cell may run (default 600)
 
 Executed copies go to OUTPUT_DIR/executed/, figures to OUTPUT_DIR/figures/. Exits non-zero
-with the failing notebook and cell when one fails.
+with the failing notebook and cell when one fails, or when a cell gets no reply within
+--cell-timeout seconds (a headless run never waits forever).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -22,6 +26,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 README_IMAGES = REPO_ROOT / "README_IMAGES"
 KERNEL = "python3"
+CELL_TIMEOUT = int(os.environ.get("LLAMA_VISION_CELL_TIMEOUT", 600))  # seconds one cell may run headless
+START_TIMEOUT = 120  # seconds for the kernel to start (a cold start on a busy 2-core CI box can take a while)
 
 
 class NotebookFailed(RuntimeError):
@@ -49,16 +55,68 @@ def check_kernel(name: str = KERNEL) -> None:
                          f"  pip install ipykernel && python -m ipykernel install --user --name {name}")
 
 
+def _started_cell(executed_path: Path) -> tuple[int | None, str]:
+    """(index, first source line) of the last cell papermill started in an executed copy: the one
+    that was running when execution stopped. Index as in the executed copy (after papermill's
+    injected-parameters cell), like PapermillExecutionError.cell_index."""
+    import nbformat
+
+    try:
+        nb = nbformat.read(executed_path, as_version=4)
+    except Exception:  # noqa: BLE001 - nothing saved yet: report without a cell
+        return None, ""
+    started = [i for i, c in enumerate(nb.cells) if c.metadata.get("papermill", {}).get("start_time")]
+    if not started:
+        return None, ""
+    cell = nb.cells[started[-1]]
+    return started[-1], next((line for line in cell.source.splitlines() if line.strip()), "")
+
+
+def run_notebook(path: str | Path, executed_path: str | Path, parameters: dict | None = None,
+                 cell_timeout: int | None = CELL_TIMEOUT, start_timeout: int = START_TIMEOUT,
+                 cwd: str | Path | None = None) -> None:
+    """Execute one notebook with papermill into `executed_path`. Raises NotebookFailed naming the
+    notebook and the cell when a cell raises, when a cell gets no reply within `cell_timeout`
+    seconds (None: wait forever), or when the kernel does not start or dies."""
+    import papermill as pm
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+
+    path, executed_path = Path(path), Path(executed_path)
+    try:
+        pm.execute_notebook(str(path), str(executed_path), kernel_name=KERNEL, cwd=str(cwd or path.parent),
+                            parameters=parameters or {}, progress_bar=False, log_output=False,
+                            execution_timeout=cell_timeout, start_timeout=start_timeout)
+    except pm.PapermillExecutionError as err:
+        raise NotebookFailed(f"{path.name} failed in cell {err.cell_index} ({err.ename}: {err.evalue}).\n"
+                             f"See the executed copy: {executed_path}") from err
+    except CellTimeoutError as err:
+        index, line = _started_cell(executed_path)
+        raise NotebookFailed(
+            f"{path.name} timed out in cell {index} ({line!r}): no reply within {cell_timeout} s "
+            f"(--cell-timeout / LLAMA_VISION_CELL_TIMEOUT). Either the cell is slower than that, or the "
+            f"kernel finished and its reply was lost (nbclient waits on the shell channel).\n"
+            f"See the executed copy: {executed_path}") from err
+    except DeadKernelError as err:
+        index, line = _started_cell(executed_path)
+        raise NotebookFailed(f"{path.name}: the kernel died in cell {index} ({line!r}), e.g. out of memory.\n"
+                             f"See the executed copy: {executed_path}") from err
+    except RuntimeError as err:
+        if "Kernel didn't respond" not in str(err) and "Kernel died before replying" not in str(err):
+            raise
+        raise NotebookFailed(f"{path.name}: the kernel did not start within {start_timeout} s ({err})") from err
+
+
 def run_series(profile: str = "auto", output_dir: str | Path | None = None, only=None,
                update_readme_images: bool = False, extra_parameters: dict | None = None,
-               fresh: bool = False, log=print) -> dict[str, float]:
+               fresh: bool = False, log=print, cell_timeout: int | None = CELL_TIMEOUT,
+               start_timeout: int = START_TIMEOUT) -> dict[str, float]:
     """Execute the notebooks in order; returns {notebook name: seconds}. Raises NotebookFailed.
 
     Notebook 04 resumes from the last checkpoint in OUTPUT_DIR/run (the Colab-disconnect story);
-    `fresh=True` deletes that folder first so training starts from step 0.
+    `fresh=True` deletes that folder first so training starts from step 0. Every cell gets at most
+    `cell_timeout` seconds (None: no limit). Tests run this through the command line in a
+    subprocess (tests/test_notebooks.py), never in the pytest process.
     """
-    import papermill as pm
-
     check_kernel()
     out = Path(output_dir or REPO_ROOT / "outputs").resolve()
     if fresh and (out / "run").exists():
@@ -74,13 +132,9 @@ def run_series(profile: str = "auto", output_dir: str | Path | None = None, only
         for i, path in enumerate(series, 1):
             t0 = time.time()
             log(f"[{i}/{len(series)}] {path.name} ...")
-            try:
-                pm.execute_notebook(str(path), str(executed / path.name), kernel_name=KERNEL, cwd=str(NOTEBOOK_DIR),
-                                    parameters={"profile": profile, "output_dir": str(out), **(extra_parameters or {})},
-                                    progress_bar=False, log_output=False)
-            except pm.PapermillExecutionError as err:
-                raise NotebookFailed(f"{path.name} failed in cell {err.cell_index} ({err.ename}: {err.evalue}).\n"
-                                     f"See the executed copy: {executed / path.name}") from err
+            run_notebook(path, executed / path.name, cwd=NOTEBOOK_DIR, cell_timeout=cell_timeout,
+                         start_timeout=start_timeout,
+                         parameters={"profile": profile, "output_dir": str(out), **(extra_parameters or {})})
             times[path.name] = time.time() - t0
             log(f"[{i}/{len(series)}] {path.name} ok in {times[path.name]:.0f} s")
     finally:
@@ -96,6 +150,17 @@ def run_series(profile: str = "auto", output_dir: str | Path | None = None, only
     return times
 
 
+def parse_param(text: str) -> tuple[str, object]:
+    """`--param key=value`: the value is read as JSON when it parses (4, true, [1, 2]), else kept as a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"--param wants key=value, got {text!r}")
+    try:
+        return key.strip(), json.loads(value)
+    except ValueError:
+        return key.strip(), value
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=("tiny", "11b", "auto"),
@@ -104,15 +169,25 @@ def main(argv=None) -> int:
     parser.add_argument("--only", default=None, help="comma-separated notebook numbers, e.g. 01,03")
     parser.add_argument("--fresh", action="store_true", help="delete OUTPUT_DIR/run first so notebook 04 trains from step 0")
     parser.add_argument("--update-readme-images", action="store_true", help="copy OUTPUT_DIR/figures/*.png to README_IMAGES/")
+    parser.add_argument("--param", action="append", type=parse_param, default=[], metavar="KEY=VALUE",
+                        help="extra notebook parameter (repeatable), e.g. --param max_steps=4")
+    parser.add_argument("--cell-timeout", type=int, default=CELL_TIMEOUT,
+                        help="seconds one cell may run before the run fails (0: no limit; default %(default)s)")
+    parser.add_argument("--start-timeout", type=int, default=START_TIMEOUT,
+                        help="seconds the kernel may take to start (default %(default)s)")
     args = parser.parse_args(argv)
     t0 = time.time()
+    log = lambda *a: print(*a, flush=True)  # noqa: E731 - progress shows up at once when piped
     try:
-        times = run_series(args.profile, args.output_dir, args.only, args.update_readme_images, fresh=args.fresh)
+        times = run_series(args.profile, args.output_dir, args.only, args.update_readme_images,
+                           extra_parameters=dict(args.param), fresh=args.fresh, log=log,
+                           cell_timeout=args.cell_timeout or None, start_timeout=args.start_timeout)
     except NotebookFailed as err:
         print(f"\nFAILED: {err}", file=sys.stderr)
         return 1
-    print(f"all {len(times)} notebook(s) ran in {time.time() - t0:.0f} s; executed copies in "
-          f"{Path(args.output_dir).resolve() / 'executed'}")
+    print(f"all {len(times)} notebook(s) ran in {time.time() - t0:.0f} s ("
+          + ", ".join(f"{name[:2]}: {sec:.0f} s" for name, sec in times.items())
+          + f"); executed copies in {Path(args.output_dir).resolve() / 'executed'}", flush=True)
     return 0
 
 
