@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from utils.config import DATA_DIR, PRECISIONS, PROFILES, LoraSettings, profile_defaults, resolve_profile  # noqa: E402
+from utils.config import DATA_DIR, PRECISIONS, PROFILES, LoraSettings, choose_setup, profile_defaults  # noqa: E402
 from utils.lora import SCOPES  # noqa: E402
 
 SAMPLE_TRAIN = DATA_DIR / "construction_train.jsonl"
@@ -36,7 +36,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--output_dir", default="outputs/cli")
     p.add_argument("--model", default="auto", choices=PROFILES, help="tiny (offline CPU), 11b (Hub), auto")
     p.add_argument("--model_name_or_path", default=None, help="a local folder or Hub id instead of the profile's model")
-    p.add_argument("--precision", default="8bit", choices=PRECISIONS)
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="weights: 8bit (LLM.int8), 4bit (nf4), bf16, fp16, fp32; auto: 8bit where the memory plan fits "
+                        "this GPU, else 4bit (env LLAMA_VISION_PRECISION)")
     p.add_argument("--per_device_train_batch_size", type=int)
     p.add_argument("--gradient_accumulation_steps", type=int)
     p.add_argument("--max_seq_length", type=int)
@@ -118,7 +120,9 @@ def main(argv=None) -> int:
     # bitsandbytes logs "MatMul8bitLt: inputs will be cast ..." at every int8 matmul on CPU (a log record, not a warning).
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     args = parse_args(argv)
-    args.model = resolve_profile(args.model)
+    setup = choose_setup(args.model, args.precision)
+    print(setup)  # the decision and the planned training peak next to this GPU's memory
+    args.model, args.precision = setup.profile, setup.precision
     from utils.batching import encode_all
     from utils.data import DataError
     from utils.export import export_adapter

@@ -263,6 +263,7 @@ def test_seed_command_on_a_five_row_file_logs_and_exits_0(tiny_dir, tmp_path):
     history = json.loads((out / "loss_history.json").read_text())
     assert history["train"] and history["train"][-1][0] == 3
     assert "done: 3 steps" in done.stdout
+    assert "setup: tiny in 8bit" in done.stdout  # --precision auto: the choice is printed with its memory plan
 
 
 def test_summary_line_survives_an_empty_history():
