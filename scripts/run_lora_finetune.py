@@ -57,7 +57,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--skip_bad_rows", action="store_true", help="drop bad lines (reported) instead of stopping")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--cache_vision_features", default="auto", choices=("auto", "on", "off"),
+                   help="compute the frozen vision features once per image (utils/vision_cache.py); auto: on when "
+                        "exact (no LoRA in the vision tower)")
+    p.add_argument("--vision_cache_mb", type=float, default=2048,
+                   help="keep the cached features in memory up to this size, else on disk in output_dir")
+    p.add_argument("--group_by_length", nargs="?", const=True, default=True, type=_bool,
+                   help="batch rows of similar length (default on; --group_by_length false or --no-group_by_length)")
+    p.add_argument("--no-group_by_length", dest="group_by_length", action="store_false")
     return p.parse_args(argv)
+
+
+def _bool(text: str) -> bool:
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def settings_from_args(args):
@@ -73,7 +90,7 @@ def settings_from_args(args):
         num_train_epochs=pick(args.num_train_epochs, "num_train_epochs"),
         max_steps=args.max_steps, learning_rate=pick(args.learning_rate, "learning_rate"),
         max_seq_length=pick(args.max_seq_length, "max_seq_length"), logging_steps=args.logging_steps,
-        eval_steps=args.eval_steps, save_steps=args.save_steps, seed=args.seed)
+        eval_steps=args.eval_steps, save_steps=args.save_steps, seed=args.seed, group_by_length=args.group_by_length)
     lora = d["lora"]
     targets = args.target_modules.split(",") if args.target_modules else lora["target_modules"]
     lora_settings = LoraSettings(
@@ -113,6 +130,32 @@ def summary_line(steps: int, seconds: float, history: dict) -> str:
     if eval_losses:
         text += f", eval loss {eval_losses[-1]:.3f}"
     return text
+
+
+def padding_report(train_rows, batch_size: int, seed: int, group_by_length: bool) -> str:
+    """Padding share of the first epoch's training batches without and with length grouping."""
+    from utils.batching import modality_batches, padding_fraction
+
+    plain, grouped = (padding_fraction(train_rows, modality_batches(train_rows, batch_size, True, seed, g))
+                      for g in (False, True))
+    return (f"padding in training batches (epoch 1 order, batch {batch_size}): {100 * plain:.1f}% without length "
+            f"grouping, {100 * grouped:.1f}% with; group_by_length={'on' if group_by_length else 'off'}")
+
+
+def vision_cache_decision(mode: str, model, scope: str, rows) -> tuple[bool, str]:
+    """(use the cache, why) for --cache_vision_features auto|on|off."""
+    from utils.vision_cache import cache_is_exact
+
+    if mode == "off":
+        return False, "off (--cache_vision_features off)"
+    if not any(r.get("image") for r in rows):
+        return False, "off (no row has an image)"
+    exact, reason = cache_is_exact(model, scope)
+    if exact:
+        return True, f"on ({mode}): {reason}"
+    if mode == "on":
+        raise ValueError(f"--cache_vision_features on, but the cache would not be exact: {reason}")
+    return False, f"off (auto): {reason}"
 
 
 def main(argv=None) -> int:
@@ -162,7 +205,23 @@ def main(argv=None) -> int:
         return 2
     trainable, total = count_parameters(model)
     print(f"LoRA: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%)")
-    trainer = build_trainer(model, processor, train_rows, eval_rows, train_settings)
+    print(padding_report(train_rows, train_settings.per_device_train_batch_size, train_settings.seed,
+                         train_settings.group_by_length))
+    all_rows = train_rows + (eval_rows or [])
+    try:
+        use_cache, why = vision_cache_decision(args.cache_vision_features, model, lora_settings.scope, all_rows)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"vision feature cache: {why}")
+    vision_cache = None
+    if use_cache:
+        from utils.vision_cache import VisionFeatureCache
+
+        vision_cache = VisionFeatureCache.build(model, processor, all_rows, max_memory_mb=args.vision_cache_mb,
+                                                cache_dir=Path(args.output_dir) / "vision_features",
+                                                lora_scope=lora_settings.scope)
+    trainer = build_trainer(model, processor, train_rows, eval_rows, train_settings, vision_cache=vision_cache)
     start = time.time()
     train(trainer, resume=args.resume)
     files = export_adapter(model, processor, Path(args.output_dir) / "adapter", train_settings.to_dict(),

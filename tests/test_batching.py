@@ -114,6 +114,18 @@ def test_modality_batches_group_by_length_cuts_padding_and_shuffles_by_seed():
     assert list(sampler) == first  # and the same again for a resumed epoch
 
 
+def test_padding_fraction_counts_pad_positions():
+    from utils.batching import padding_fraction
+
+    rows = [{"input_ids": [0] * n} for n in (10, 6, 8, 8)]
+    assert padding_fraction(rows, [[0, 1], [2, 3]]) == pytest.approx(4 / 36)  # (10 + 10) + (8 + 8) slots, 4 pad
+    assert padding_fraction(rows, [[0, 2], [1, 3]]) == pytest.approx((2 + 2) / 36)
+    assert padding_fraction(rows, [[2, 3]]) == 0.0 and padding_fraction(rows, []) == 0.0
+    many = fake_rows(0, 400)
+    grouped, plain = (padding_fraction(many, modality_batches(many, 8, True, 1, g)) for g in (True, False))
+    assert grouped < plain / 4
+
+
 class NoEmptyImageLists:
     """Stands in for the torchvision MllamaImageProcessor, which breaks on a batch where a row has no image."""
 

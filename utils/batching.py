@@ -165,9 +165,14 @@ class MixedBatchError(ValueError):
 class Collator:
     """Pads encoded rows into a batch. A batch is all-image (pixel values, aspect ratios and a
     cross-attention mask are added) or all-text (no image inputs: Mllama skips its cross-attention
-    layers, as at inference). Mixed batches raise MixedBatchError: batch with modality_batches()."""
+    layers, as at inference). Mixed batches raise MixedBatchError: batch with modality_batches().
+
+    With a `vision_cache` (utils.vision_cache.VisionFeatureCache) an image batch carries the cached
+    `cross_attention_states` (CPU tensors; Trainer / to_device move them) instead of pixel values and
+    aspect ratios, which only the vision tower reads; the cross-attention mask is the same."""
 
     processor: object
+    vision_cache: object | None = None
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         tok = self.processor.tokenizer
@@ -188,13 +193,17 @@ class Collator:
             labels[i, :n] = torch.tensor(r["labels"])
             attention_mask[i, :n] = 1
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-        if all(with_image):
+        if all(with_image) and self.vision_cache is not None:
+            states, num_tiles = self.vision_cache.batch([r["image"] for r in rows])
+            pixels = {"cross_attention_states": states}
+        elif all(with_image):
             images = []
             for r in rows:
                 with Image.open(r["image"]) as img:
                     images.append([img.convert("RGB")])
             pixels = self.processor.image_processor(images=images, return_tensors="pt")
             num_tiles = pixels.pop("num_tiles")
+        if all(with_image):
             image_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
             sparse = [get_cross_attention_token_mask(ids.tolist(), image_id) for ids in input_ids]
             mask = convert_sparse_cross_attention_mask_to_dense(
@@ -207,6 +216,13 @@ class Collator:
         """Collated, modality-pure batches of `rows` in a fixed order (eval loss, reload checks)."""
         for idx in modality_batches(rows, batch_size):
             yield self([rows[i] for i in idx])
+
+
+def padding_fraction(rows: list[dict], batches: list[list[int]]) -> float:
+    """Share of the padded batch positions (batch size x longest row, summed over batches) that are padding."""
+    total = sum(max(len(rows[i]["input_ids"]) for i in b) * len(b) for b in batches if b)
+    real = sum(len(rows[i]["input_ids"]) for b in batches for i in b)
+    return 1 - real / total if total else 0.0
 
 
 def model_device(model) -> torch.device:

@@ -168,15 +168,18 @@ class ModalityTrainer(Trainer):
 
 
 def build_trainer(model, processor, train_rows: list[dict], eval_rows: list[dict] | None,
-                  settings: TrainSettings, callbacks=()) -> Trainer:
+                  settings: TrainSettings, callbacks=(), vision_cache=None) -> Trainer:
     """A Trainer over encoded rows (utils.batching.encode_all); writes loss_history.json in output_dir.
 
+    `vision_cache` (utils.vision_cache.VisionFeatureCache, built over the train and eval rows): image
+    batches carry the cached projector outputs instead of pixel values (the frozen tower is not run).
     Gradient checkpointing is switched on here (prepare_for_training), not through TrainingArguments,
     so it is always the non-reentrant variant."""
     prepare_for_training(model, settings.gradient_checkpointing)
     history = LossHistoryCallback(Path(settings.output_dir) / "loss_history.json")
     trainer = ModalityTrainer(model=model, args=training_arguments(settings, bool(eval_rows)), train_dataset=train_rows,
-                              eval_dataset=eval_rows or None, data_collator=Collator(processor),
+                              eval_dataset=eval_rows or None,
+                              data_collator=Collator(processor, vision_cache=vision_cache),
                               callbacks=[history, LogLastStep(), *callbacks])
     trainer.group_by_length = settings.group_by_length
     return trainer
