@@ -25,9 +25,9 @@ TOKEN = re.compile(r"hf_[A-Za-z0-9]{30,}")
 BADGE = "https://colab.research.google.com/github/llama32-vision-lora/llama32-vision-lora/blob/main/notebooks/"
 CELL_TIMEOUT = 600  # seconds per cell; the slowest tiny cell (training in 04) takes about 2 minutes on 2 cores
 SERIES_TIMEOUT = 1800  # seconds for a whole run_notebooks.py subprocess
-# Notebooks run on the text-only and the image-only data sets (test_series_runs_on_data_variants).
-# None = the whole series; "01" until notebooks 04/05 take train_file, eval_file and max_steps.
-DATA_VARIANT_NOTEBOOKS = "01"
+# Notebooks run on the text-only and the image-only data sets (test_series_runs_on_data_variants):
+# the ones that read data files (02 and 03 do not; 04 and 05 fall back to the profile's LoRA settings).
+DATA_VARIANT_NOTEBOOKS = "01,04,05"
 
 
 def run_notebooks_cli(output_dir, only=None, params=None, cell_timeout=CELL_TIMEOUT, timeout=SERIES_TIMEOUT):
@@ -115,6 +115,20 @@ def test_series_runs_on_tiny_profile(tmp_path):
     assert len(list((tmp_path / "executed").glob("*.ipynb"))) == 5
 
 
+def test_notebook_05_loads_the_base_model_once():
+    """An 11B base fits a 24 GB card once, not twice: 'before' runs with the adapter disabled, the reload check
+    loads the adapter onto the same base, and the optional merge frees the 8-bit model before loading a 16-bit one."""
+    nb = nbformat.read(REPO / "notebooks/05_export_and_inference.ipynb", as_version=4)
+    code = [c.source for c in nb.cells if c.cell_type == "code"]
+    loads = [src for src in code if "load_model(" in src]
+    assert len(loads) == 2, loads
+    merge_cell = next(src for src in loads if "merge_adapter" in src)
+    assert merge_cell.index("del model, base") < merge_cell.index("load_model(")
+    assert merge_cell.index("if merge:") < merge_cell.index("del model, base")
+    assert any("with model.disable_adapter():" in src and "evaluate_answers" in src for src in code)
+    assert not any("load_adapter(load_model" in src for src in code)
+
+
 def test_run_notebook_names_the_cell_that_times_out(tmp_path):
     """A cell that gets no reply within the cell timeout fails the run with the notebook, cell and its first line."""
     import nbformat.v4 as v4
@@ -160,8 +174,19 @@ def data_variant(tmp_path, kind):
 def test_series_runs_on_data_variants(tmp_path, kind):
     """Issue 17: the notebooks run on a text-only data set (no image row at all) and on an image-only one."""
     files = data_variant(tmp_path / "data", kind)
-    times = run_notebooks_cli(tmp_path / "out", only=DATA_VARIANT_NOTEBOOKS, params={**files, "max_steps": 4})
-    assert times
+    # The text-only run also keeps its run folder elsewhere, as a Google Drive run does (drive_dir):
+    # notebook 05 must find it through run_config.json.
+    drive = {"drive_dir": str(tmp_path / "drive")} if kind == "text_only" else {}
+    times = run_notebooks_cli(tmp_path / "out", only=DATA_VARIANT_NOTEBOOKS, params={**files, "max_steps": 4, **drive})
+    assert len(times) == len(DATA_VARIANT_NOTEBOOKS.split(",")), times
+    run_dir = tmp_path / "drive" / "run" if drive else tmp_path / "out" / "run"
+    assert json.loads((tmp_path / "out/run_config.json").read_text())["run_dir"] == str(run_dir)
+    assert [s for s, _ in json.loads((run_dir / "loss_history.json").read_text())["train"]][-1] == 4  # max_steps reached 04
+    assert (run_dir / "checkpoint-4").is_dir() and not (drive and (tmp_path / "out" / "run").exists())
+    results = json.loads((tmp_path / "out/before_after.json").read_text())  # 05 found the run and evaluated
+    evaluated = [r["source"] for r in results["rows"][0]]
+    assert evaluated and all(src.startswith(f"{kind}_eval.jsonl:") for src in evaluated)  # 05 used 04's eval file
+    assert results["max_logit_difference"] < 1e-3
     report = json.loads((tmp_path / "out/data_report.json").read_text())
     assert report["train_file"] == files["train_file"]
     train_rows = sum(1 for _ in open(files["train_file"], encoding="utf-8"))
