@@ -180,7 +180,7 @@ def test_series_runs_on_data_variants(tmp_path, kind):
     times = run_notebooks_cli(tmp_path / "out", only=DATA_VARIANT_NOTEBOOKS, params={**files, "max_steps": 4, **drive})
     assert len(times) == len(DATA_VARIANT_NOTEBOOKS.split(",")), times
     run_dir = tmp_path / "drive" / "run" if drive else tmp_path / "out" / "run"
-    assert json.loads((tmp_path / "out/run_config.json").read_text())["run_dir"] == str(run_dir)
+    assert json.loads((tmp_path / "out/run_config.json").read_text())["output_dir"] == str(run_dir)
     assert [s for s, _ in json.loads((run_dir / "loss_history.json").read_text())["train"]][-1] == 4  # max_steps reached 04
     assert (run_dir / "checkpoint-4").is_dir() and not (drive and (tmp_path / "out" / "run").exists())
     results = json.loads((tmp_path / "out/before_after.json").read_text())  # 05 found the run and evaluated

@@ -1,0 +1,70 @@
+"""One run config that carries a run's settings through notebooks 01 -> 05 and to the command line.
+
+A JSON file, `OUTPUT_DIR/run_config.json`, whose keys are the command-line flags of
+scripts/run_lora_finetune.py (the seed's names), so a notebook run can be replayed from the shell:
+
+    python scripts/run_lora_finetune.py --data_path ... --max_seq_length ...   # the same keys
+
+Each notebook writes what it decides (01: data files and max_seq_length, 02: precision, 03: LoRA
+settings, 04: the run folder) with `update_run_config`, which also records which notebook set which
+key; later notebooks read it with `read_run_config` and print what they took from where.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+RUN_CONFIG_NAME = "run_config.json"
+# Key -> what it is. Names follow the CLI flags (scripts/run_lora_finetune.py).
+KEYS = {
+    "data_path": "training JSONL (notebooks: train_file)",
+    "eval_data_path": "held-out JSONL for the eval loss (notebooks: eval_file)",
+    "model": "profile: tiny or 11b",
+    "model_name_or_path": "a local folder or Hub id instead of the profile's model",
+    "precision": "weights: 8bit, 4bit, bf16, fp16, fp32",
+    "max_seq_length": "longest row in tokens; longer prompts lose the middle of the user text",
+    "lora_rank": "LoRA r", "lora_alpha": "LoRA alpha", "lora_dropout": "LoRA dropout",
+    "target_modules": "comma-separated module names, e.g. q_proj,k_proj,v_proj,o_proj",
+    "lora_scope": "language, cross_attention or language_vision",
+    "output_dir": "the run folder: checkpoints, loss_history.json (local or Google Drive)",
+    "per_device_train_batch_size": "rows per device and step", "gradient_accumulation_steps": "steps per update",
+    "num_train_epochs": "epochs", "max_steps": "steps (overrides epochs when > 0)", "learning_rate": "peak LR",
+}
+
+
+def run_config_path(out_dir) -> Path:
+    return Path(out_dir) / RUN_CONFIG_NAME
+
+
+def read_run_config(out_dir) -> dict:
+    """The run config of `out_dir` ({} when none was written yet); "_set_by" maps each key to its writer."""
+    path = run_config_path(out_dir)
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def update_run_config(out_dir, set_by: str, **values) -> dict:
+    """Merge `values` into the run config of `out_dir` and record `set_by` (e.g. "01_data_inspection")
+    for each key. Unknown keys are refused, so a typo cannot silently not reach training."""
+    unknown = sorted(set(values) - set(KEYS))
+    if unknown:
+        raise KeyError(f"unknown run config key(s) {unknown}; known: {', '.join(KEYS)}")
+    config = read_run_config(out_dir)
+    config.update(values)
+    config.setdefault("_set_by", {}).update({key: set_by for key in values})
+    path = run_config_path(out_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(config, indent=1, ensure_ascii=False), encoding="utf-8")
+    return config
+
+
+def cli_arguments(config: dict) -> list[str]:
+    """The run config as command-line flags for scripts/run_lora_finetune.py."""
+    args = []
+    for key, value in config.items():
+        if key.startswith("_") or value is None:
+            continue
+        if isinstance(value, (list, tuple)):
+            value = ",".join(map(str, value))
+        args += [f"--{key}", str(value)]
+    return args
