@@ -88,6 +88,44 @@ def test_notebook_is_clean_and_well_formed(path):
         assert heading in tail, f"missing {heading}"
 
 
+# The taught API: each call is written in a notebook cell with its arguments (issue 8), not hidden in utils/.
+TAUGHT_CALLS = {
+    "02": ["BitsAndBytesConfig(", "MllamaForConditionalGeneration.from_pretrained(", "AutoProcessor.from_pretrained("],
+    "03": ["LoraConfig(", "get_peft_model(", "print_trainable_parameters()"],
+    "04": ["TrainingArguments(", "ModalityTrainer(", "activation_checkpointing_enable(", "freeze_vision_tower("],
+    "05": [".save_pretrained(", "get_peft_model_state_dict(", "torch.save(", "PeftModel.from_pretrained(",
+           "merge_and_unload()"],
+}
+# A config written inline is checked in the next code cell against what the command line builds.
+CHECKED_AGAINST = {"02": "quantization_config(precision)", "03": "lora_config(model, settings)",
+                   "04": "training_arguments(settings"}
+
+
+@pytest.mark.parametrize("number", sorted(TAUGHT_CALLS))
+def test_notebook_cells_teach_the_real_api(number):
+    path = next(p for p in NOTEBOOKS if p.name.startswith(number))
+    code = [c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+    for call in TAUGHT_CALLS[number]:
+        cells = [src for src in code if call in src]
+        assert cells, f"{path.name}: no cell calls {call}"
+        cell = cells[0]
+        if call.endswith("(") and call[0].isupper():  # a config/constructor: its arguments are commented
+            start = cell.index(call)
+            body = cell[start:cell.index("\n)", start)] if "\n)" in cell[start:] else cell[start:]
+            assert body.count("#") >= 2, f"{path.name}: the arguments of {call} are not explained:\n{body}"
+    if number in CHECKED_AGAINST:
+        inline = next(i for i, src in enumerate(code) if TAUGHT_CALLS[number][0] in src)
+        assert CHECKED_AGAINST[number] in code[inline + 1], f"{path.name}: the cell after the inline config must check it"
+
+
+def test_every_notebook_uses_the_one_setup_call():
+    for path in NOTEBOOKS:
+        code = [c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+        assert sum("setup_notebook(profile, precision, output_dir" in src for src in code) == 1, path.name
+        assert not any("for lib in (torch, transformers" in src for src in code), path.name
+        assert any("google.colab" in src and "pip install" in src for src in code[:1]), path.name  # the Colab cell stays
+
+
 def test_run_notebooks_only_filter():
     from run_notebooks import notebooks
 
@@ -122,7 +160,7 @@ def test_notebook_05_loads_the_base_model_once():
     code = [c.source for c in nb.cells if c.cell_type == "code"]
     loads = [src for src in code if "load_model(" in src]
     assert len(loads) == 2, loads
-    merge_cell = next(src for src in loads if "merge_adapter" in src)
+    merge_cell = next(src for src in loads if "merge_and_unload" in src)
     assert merge_cell.index("del model, base") < merge_cell.index("load_model(")
     assert merge_cell.index("if merge:") < merge_cell.index("del model, base")
     assert any("with model.disable_adapter():" in src and "evaluate_answers" in src for src in code)
@@ -194,3 +232,46 @@ def test_series_runs_on_data_variants(tmp_path, kind):
     assert report["image_rows"] == (0 if kind == "text_only" else train_rows)
     if kind == "text_only":
         assert not (tmp_path / "out/figures/samples.png").exists()
+
+
+def own_data(tmp_path):
+    """A user's own small train/eval files: 12 text rows and 4 image rows for training, 4 + 2 for eval."""
+    def pick(name, n_text, n_image):
+        rows = [json.loads(line) for line in (REPO / "data" / name).read_text(encoding="utf-8").splitlines()]
+        text = [r for r in rows if not r.get("image")][:n_text]
+        image = [{**r, "image": str((REPO / "data" / r["image"]).resolve())} for r in rows if r.get("image")][:n_image]
+        return text + image
+
+    files = {}
+    for split, name, counts in (("train", "construction_train.jsonl", (12, 4)), ("eval", "construction_eval.jsonl", (4, 2))):
+        path = tmp_path / f"my_{split}.jsonl"
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in pick(name, *counts)), encoding="utf-8")
+        files[f"{split}_file"] = str(path)
+    return files
+
+
+def test_run_config_carries_01_choices_through_the_series(tmp_path):
+    """Issue 8: notebook 01 run on the user's own files with a non-default max_seq_length; 03, 04 and 05 are run
+    without those parameters and must take them from run_config.json (and say so)."""
+    files = own_data(tmp_path / "data")
+    out = tmp_path / "out"
+    run_notebooks_cli(out, only="01", params={**files, "max_seq_length": 160})
+    config = json.loads((out / "run_config.json").read_text())
+    assert (config["data_path"], config["eval_data_path"], config["max_seq_length"]) == (
+        files["train_file"], files["eval_file"], 160)
+    assert config["_set_by"]["max_seq_length"] == "01_data_inspection"
+    run_notebooks_cli(out, only="03,04,05", params={"max_steps": 2})
+    config = json.loads((out / "run_config.json").read_text())
+    assert config["_set_by"]["data_path"] == "01_data_inspection" and config["_set_by"]["lora_rank"] == "03_lora_configuration"
+    run_dir = out / "run"
+    assert config["output_dir"] == str(run_dir)
+    assert json.loads((run_dir / "train_settings.json").read_text())["max_seq_length"] == 160  # training used it
+    executed = nbformat.read(out / "executed/04_training.ipynb", as_version=4)
+    printed = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    assert re.search(r"data_path\s+= '.*my_train\.jsonl'\s+<- run config \(set by 01_data_inspection\)", printed), printed[:3000]
+    assert re.search(r"max_seq_length\s+= 160\s+<- run config \(set by 01_data_inspection\)", printed)
+    assert "encoded 16 rows (max_seq_length=160)" in printed  # the 16 rows of my_train.jsonl
+    results = json.loads((out / "before_after.json").read_text())  # 05 found the run and used the eval file
+    assert results["run_dir"] == str(run_dir)
+    assert [r["source"].split(":")[0] for r in results["rows"][0]] == ["my_eval.jsonl"] * 6
+    assert results["max_logit_difference"] < 1e-3

@@ -9,7 +9,15 @@ import pytest  # noqa: E402
 from utils.batching import IGNORE_INDEX, encode, token_lengths, truncated_share  # noqa: E402
 from utils.config import DATA_DIR  # noqa: E402
 from utils.data import load_examples  # noqa: E402
-from utils.plots import LiveLossPlot, plot_losses, plot_token_lengths, plot_truncation, show_label_mask  # noqa: E402
+from utils.plots import (  # noqa: E402
+    LiveLossPlot,
+    moving_average,
+    plot_lora_update,
+    plot_losses,
+    plot_token_lengths,
+    plot_truncation,
+    show_label_mask,
+)
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +56,32 @@ def test_plot_losses_draws_train_and_eval(tmp_path):
     history = {"train": [[5, 3.0], [10, 2.0], [15, 1.5]], "eval": [[10, 2.4]]}
     fig = plot_losses(history, save_to=tmp_path / "loss.png")
     lines = fig.axes[0].lines
-    assert [list(line.get_xdata()) for line in lines] == [[5, 10, 15], [10]]
+    assert [list(line.get_xdata()) for line in lines] == [[5, 10, 15], [10]]  # 3 points: no smoothing
     assert (tmp_path / "loss.png").exists()
+
+
+def test_plot_losses_draws_the_moving_average_over_the_raw_points():
+    train = [[s, 3.0 - 0.1 * s + (0.5 if s % 2 else -0.5)] for s in range(1, 31)]
+    fig = plot_losses({"train": train, "eval": [[30, 1.0]]}, smooth=4)
+    raw, smoothed, evals = fig.axes[0].lines
+    assert list(raw.get_ydata()) == [p[1] for p in train]
+    assert list(smoothed.get_ydata()) == pytest.approx(moving_average([p[1] for p in train], 4))
+    assert smoothed.get_ydata()[-1] == pytest.approx(sum(p[1] for p in train[-4:]) / 4)
+    assert list(evals.get_xdata()) == [30]
+    assert moving_average([1, 2, 3, 4], 2) == [1, 1.5, 2.5, 3.5]
+
+
+def test_plot_lora_update_shows_w_plus_scaled_ba(tmp_path):
+    import torch
+
+    W, B, A = torch.randn(8, 6), torch.randn(8, 2), torch.randn(2, 6)
+    fig = plot_lora_update(W, A, B, scaling=2.0, save_to=tmp_path / "lora.png")
+    import numpy as np
+
+    images = [np.asarray(ax.images[0].get_array()) for ax in fig.axes]
+    np.testing.assert_allclose(images[3], (2.0 * B @ A).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(images[4], (W + 2.0 * B @ A).numpy(), rtol=1e-6)
+    assert (tmp_path / "lora.png").stat().st_size > 1000
 
 
 def test_label_mask_marks_exactly_the_answer(processor, examples):

@@ -47,3 +47,64 @@ def test_lora_numbers_11b_meta():
     # r=8 on q,k,v,o of the language model trains 8,519,680 parameters (docs/facts.md)
     numbers = lora_numbers(meta_model(), LoraSettings(r=8, scope="language"))
     assert 8.0e6 < numbers["trainable"] < 9.0e6
+
+
+def test_slider_readout_and_on_change():
+    cfg, seen = {"max_seq_length": 64}, []
+    box = max_seq_length_slider(cfg, LENGTHS, show=False, on_change=seen.append)
+    label = box.controls["label"]
+    assert "1 of 3 rows" in label.value  # 90 > 64
+    box.controls["slider"].value = 32
+    assert "2 of 3 rows" in label.value and seen == [32]
+
+
+def test_lora_panel_on_change_gets_the_settings():
+    cfg, seen = {"lora": profile_defaults("tiny")["lora"]}, []
+    box = lora_panel(cfg, {"tiny": build_tiny_model()}, show=False, on_change=lambda lora: seen.append(dict(lora)))
+    assert seen == []  # building the panel changes nothing
+    box.controls["r"].value = 2
+    assert seen[-1]["r"] == 2
+
+
+def test_fit_widget_verdict_follows_the_gpu():
+    from utils.widgets import GPUS, fit_check, fit_widget
+
+    cfg = {"precision": "8bit", "per_device_train_batch_size": 2, "max_seq_length": 512, "lora": {"r": 8}}
+    box = fit_widget(cfg, show=False)
+    c = box.controls
+    c["gpu"].value = "A100 80 GB"
+    assert cfg["fit_check"]["fits"] and "A100 80 GB: fits" in box.result.value
+    c["gpu"].value = "T4 16 GB"
+    assert not cfg["fit_check"]["fits"] and "does not fit" in box.result.value
+    c["precision"].value = "4bit"  # the rule choose_setup uses: a T4 gets 11B in 4-bit
+    assert cfg["fit_check"]["fits"]
+    before = cfg["fit_check"]["planned_gib"]
+    c["batch_size"].value = 8
+    assert cfg["fit_check"]["planned_gib"] > before and cfg["fit_check"]["batch_size"] == 8
+    assert set(GPUS) == {"T4 16 GB", "L4 24 GB", "A100 40 GB", "A100 80 GB", "H100 80 GB"}
+    from utils.config import REFERENCE_BATCH_SIZE, REFERENCE_SEQ_LEN, planned_peak_gib, required_gib
+
+    reference = fit_check("L4 24 GB", "8bit", REFERENCE_BATCH_SIZE, REFERENCE_SEQ_LEN, 4, 8)
+    assert reference["planned_gib"] == pytest.approx(planned_peak_gib("11b", "8bit"), abs=0.01)
+    assert reference["required_gib"] == pytest.approx(required_gib(reference["planned_gib"]), abs=0.02)
+
+
+def test_before_after_viewer_shows_the_chosen_row(tmp_path):
+    from PIL import Image
+
+    from utils.widgets import before_after_viewer
+
+    Image.new("RGB", (40, 30), "red").save(tmp_path / "a.png")
+    before = [{"source": "e.jsonl:1", "prompt": "거푸집?", "image": None, "expected": "formwork", "answer": "mold",
+               "stopped": True, "exact": False},
+              {"source": "e.jsonl:2", "prompt": "What is this?", "image": str(tmp_path / "a.png"), "expected": "rebar",
+               "answer": "steel", "stopped": False, "exact": False}]
+    after = [{**before[0], "answer": "formwork", "exact": True}, {**before[1], "answer": "rebar", "exact": True}]
+    cfg = {}
+    box = before_after_viewer(before, after, cfg, show=False)
+    answers, image = box.controls["answers"], box.controls["image"]
+    assert "formwork" in answers.value and "mold" in answers.value and cfg["shown_row"] == 0
+    assert image.layout.display == "none"
+    box.controls["row"].value = 1
+    assert "steel" in answers.value and "rebar" in answers.value and cfg["shown_row"] == 1
+    assert image.layout.display is None and image.value[:4] == b"\x89PNG"

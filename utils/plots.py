@@ -122,24 +122,77 @@ def plot_truncation(lengths: list[dict], max_seq_length: int, ax=None, save_to=N
 
 
 # ---------------------------------------------------------------- notebook 04: losses and label mask
-def plot_losses(history: dict, ax=None, save_to=None, title: str = "LoRA fine-tuning loss"):
+def moving_average(values: list[float], window: int) -> list[float]:
+    """Trailing mean over the last `window` values (fewer at the start), same length as `values`."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def smoothing_window(n_points: int) -> int:
+    """The moving-average window for n logged train losses: about a tenth of them, at least 3; 1 (none) below 4."""
+    return 1 if n_points < 4 else max(3, n_points // 10)
+
+
+def plot_losses(history: dict, ax=None, save_to=None, title: str = "LoRA fine-tuning loss", smooth: int | None = None):
     """Train and eval loss vs optimizer step; `history` is utils.train.loss_history(...) /
-    loss_history.json: {"train": [[step, loss], ...], "eval": [[step, loss], ...]}."""
+    loss_history.json: {"train": [[step, loss], ...], "eval": [[step, loss], ...]}.
+
+    The logged train loss is noisy (one small batch per point): the raw points are drawn faint and their
+    moving average (`smooth` points; default `smoothing_window`) over them as the train line."""
     if ax is None:
         fig, ax = plt.subplots(figsize=(6, 3.2))
     else:
         fig = ax.figure
         ax.clear()
-    for key, style in (("train", dict(color="tab:blue", marker=".")), ("eval", dict(color="tab:orange", marker="o"))):
-        points = history.get(key) or []
-        if points:
-            ax.plot([p[0] for p in points], [p[1] for p in points], label=f"{key} (last {points[-1][1]:.3f})", **style)
+    train = history.get("train") or []
+    if train:
+        steps, losses = [p[0] for p in train], [p[1] for p in train]
+        window = smoothing_window(len(train)) if smooth is None else max(1, smooth)
+        if window > 1:
+            ax.plot(steps, losses, color="tab:blue", marker=".", lw=0.8, alpha=0.3, label="train (raw)")
+            ax.plot(steps, moving_average(losses, window), color="tab:blue", lw=2,
+                    label=f"train, mean of {window} (last {moving_average(losses, window)[-1]:.3f})")
+        else:
+            ax.plot(steps, losses, color="tab:blue", marker=".", label=f"train (last {losses[-1]:.3f})")
+    points = history.get("eval") or []
+    if points:
+        ax.plot([p[0] for p in points], [p[1] for p in points], color="tab:orange", marker="o",
+                label=f"eval (last {points[-1][1]:.3f})")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title(title, fontsize=10)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, save_to)
+
+
+# ---------------------------------------------------------------- notebook 03: the LoRA update
+def plot_lora_update(W, A, B, scaling: float, save_to=None):
+    """Heatmaps of the LoRA update of one Linear: W (out x in, frozen), B (out x r), A (r x in),
+    delta = scaling * B @ A (rank r) and W + delta (what the layer computes with). Returns the Figure."""
+    import torch
+
+    W, A, B = (torch.as_tensor(x, dtype=torch.float32) for x in (W, A, B))
+    delta = scaling * B @ A
+    panels = [("W (frozen)", W), ("B", B), ("A", A), (f"({scaling:g})·B·A, rank {A.shape[0]}", delta),
+              ("W + (α/r)·B·A", W + delta)]
+    widths = [W.shape[1], B.shape[1] * 2, W.shape[1], W.shape[1], W.shape[1]]
+    fig, axes = plt.subplots(1, 5, figsize=(12, 2.8), gridspec_kw={"width_ratios": widths})
+    vmax = max(float(W.abs().max()), float((W + delta).abs().max()))
+    for ax, (name, mat) in zip(axes, panels):
+        lim = vmax if mat is not A and mat is not B else float(mat.abs().max()) or 1.0
+        ax.imshow(mat.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+        ax.set_title(f"{name}\n{tuple(mat.shape)}", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle("LoRA: the frozen W plus a rank-r update; only A and B train", fontsize=10)
     fig.tight_layout()
     return _save(fig, save_to)
 

@@ -68,3 +68,50 @@ def cli_arguments(config: dict) -> list[str]:
             value = ",".join(map(str, value))
         args += [f"--{key}", str(value)]
     return args
+
+
+# ---------------------------------------------------------------- what the notebooks take from it
+# LoRA settings as the notebooks keep them (cfg["lora"], utils.config.LoraSettings) <-> run config keys.
+LORA_KEYS = {"r": "lora_rank", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout",
+             "target_modules": "target_modules", "scope": "lora_scope"}
+
+
+def lora_to_run_config(lora: dict) -> dict:
+    """cfg["lora"] ({"r": 16, "scope": ...}) as run config keys ({"lora_rank": 16, "lora_scope": ...})."""
+    return {key: lora[name] for name, key in LORA_KEYS.items() if name in lora}
+
+
+def lora_from_run_config(values: dict, defaults: dict) -> dict:
+    """cfg["lora"] from run config values (missing or None ones keep `defaults`); target_modules may be
+    the CLI's comma-separated string."""
+    lora = dict(defaults)
+    for name, key in LORA_KEYS.items():
+        if values.get(key) is not None:
+            value = values[key]
+            if name == "target_modules" and isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            lora[name] = value
+    return lora
+
+
+def resolve(out_dir, params: dict, defaults: dict | None = None, show: bool = True) -> tuple[dict, dict]:
+    """Each key of `params` (run config keys): the notebook's parameter when it is not None, else the run
+    config's value, else `defaults[key]`. Returns (values, sources); a source reads "parameter",
+    "run config (set by 01_data_inspection)" or "default". Prints one line per key when `show`."""
+    config = read_run_config(out_dir)
+    set_by = config.get("_set_by", {})
+    values, sources = {}, {}
+    for key, value in params.items():
+        if key not in KEYS:
+            raise KeyError(f"unknown run config key {key!r}; known: {', '.join(KEYS)}")
+        if value is not None:
+            values[key], sources[key] = value, "parameter"
+        elif config.get(key) is not None:
+            values[key], sources[key] = config[key], f"run config (set by {set_by.get(key, '?')})"
+        else:
+            values[key], sources[key] = (defaults or {}).get(key), "default"
+    if show:
+        width = max((len(k) for k in values), default=0)
+        for key in values:
+            print(f"{key:{width}s} = {values[key]!r:40s} <- {sources[key]}")
+    return values, sources
