@@ -55,12 +55,15 @@ IMAGE_TOKEN_ID, BOS_ID = 128256, 128000
 # Peak dense bf16 tensor-core TFLOP/s (no sparsity), matched against torch.cuda.get_device_name.
 PEAK_BF16_TFLOPS = {"H100 PCIe": 756, "H100": 989, "H200": 989, "A100": 312}
 # Most important first: a run cut short still has the 8-bit vs bf16 comparison.
-VARIANTS = [  # name, precision, gradient checkpointing, int8 threshold
-    ("8bit t=6.0", "8bit", True, 6.0),
-    ("bf16", "bf16", True, 6.0),
-    ("nf4", "4bit", True, 6.0),
-    ("8bit t=0.0", "8bit", True, 0.0),
-    ("bf16 no-GC", "bf16", False, 6.0),
+VARIANTS = [  # name, precision, gradient checkpointing, int8 threshold, cached vision features
+    ("8bit t=6.0", "8bit", True, 6.0, False),
+    ("bf16", "bf16", True, 6.0, False),
+    ("nf4", "4bit", True, 6.0, False),
+    ("8bit t=0.0", "8bit", True, 0.0, False),
+    ("bf16 no-GC", "bf16", False, 6.0, False),
+    # The same batch with cross_attention_states precomputed (utils/vision_cache.py): the frozen vision
+    # tower and projector are not run in the timed steps. Compared with "8bit t=6.0" in the summary.
+    ("8bit cached", "8bit", True, 6.0, True),
 ]
 SHAPES = {  # batch, text tokens, warm-up steps, timed steps
     "11b": dict(config=config_11b, batch=2, seq=512, warmup=2, steps=5),
@@ -203,8 +206,12 @@ def top_kernels(prof, cuda: bool, n: int = 3) -> list[dict]:
 
 
 def run_variant(name, precision, gc_on, threshold, checkpoint_dir, config, shape, flops,
-                profile: bool = False) -> dict:
+                profile: bool = False, cached: bool = False) -> dict:
     """Load one variant, train `warmup + steps` LoRA steps on the synthetic batch, return its metrics.
+
+    With `cached`, the projector output of the batch's images is computed once before the steps (as
+    utils.vision_cache does per image) and the steps get `cross_attention_states` instead of pixel
+    values: the step time without the frozen vision tower. Its model FLOPs leave the tower and projector out.
 
     With `profile`, one more step runs under torch.profiler after the timed ones (and after the
     peak memory is read); its top three kernels go into 'profile_top_kernels'."""
@@ -228,16 +235,31 @@ def run_variant(name, precision, gc_on, threshold, checkpoint_dir, config, shape
     prepare_for_training(model, gradient_checkpointing=gc_on)  # the same setup as utils.train.build_trainer
     no_grad_tower = freeze_vision_tower(model)
     model.train()
-    seen = {}
-    hooks = [vision_tower(model).register_forward_hook(
-                 lambda m, i, o: seen.__setitem__("vision", o[0].requires_grad)),
-             model.get_base_model().model.multi_modal_projector.register_forward_hook(
-                 lambda m, i, o: seen.__setitem__("projector", o.requires_grad))]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     device = next(p.device for p in model.parameters() if p.device.type != "meta")
     batch = {k: v.to(device) for k, v in synthetic_batch(config, shape["batch"], shape["seq"]).items()}
     batch["pixel_values"] = batch["pixel_values"].to(dtype)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
+    cache_s = None
+    if cached:
+        from utils.vision_cache import projector_output
+
+        _sync()
+        t0 = time.perf_counter()
+        with autocast:
+            states = projector_output(model, batch.pop("pixel_values"), batch.pop("aspect_ratio_ids"),
+                                      batch.pop("aspect_ratio_mask"))
+        batch["cross_attention_states"] = states.reshape(-1, states.shape[-2], states.shape[-1])
+        _sync()
+        cache_s = time.perf_counter() - t0
+    seen, vision_calls = {}, []
+    def on_vision(module, inputs, output):  # returns None: a forward hook's return value would replace the output
+        seen["vision"] = output[0].requires_grad
+        vision_calls.append(1)
+
+    hooks = [vision_tower(model).register_forward_hook(on_vision),
+             model.get_base_model().model.multi_modal_projector.register_forward_hook(
+                 lambda m, i, o: seen.__setitem__("projector", o.requires_grad))]
 
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -284,11 +306,13 @@ def run_variant(name, precision, gc_on, threshold, checkpoint_dir, config, shape
     step_s = sum(times) / len(times)
     text_tokens = int(batch["attention_mask"].sum())
     peak = peak_tflops(torch.cuda.get_device_name(0) if cuda else None)
-    model_flops = flops["model_flops"] * shape["batch"]
+    per_sample = flops["model_flops"] - (flops["vision"] + flops["projector"] if cached else 0)
+    model_flops = per_sample * shape["batch"]
     plan = plan_training_memory(config, precision, LoraSettings(scope="language"), shape["batch"], shape["seq"],
                                 gradient_checkpointing=gc_on, compute_dtype=dtype)
     result = {
-        "variant": name, "precision": precision, "gradient_checkpointing": gc_on,
+        "variant": name, "precision": precision, "gradient_checkpointing": gc_on, "cached_vision_features": cached,
+        "vision_cache_s": cache_s, "vision_calls_in_steps": len(vision_calls), "model_flops_per_sample": per_sample,
         "int8_threshold": threshold if precision == "8bit" else None, "attn_implementation": attn,
         "trainable_params": count_parameters(model)[0],
         "load_s": load_s,
@@ -363,7 +387,8 @@ def summary(rows: dict[str, dict], measured: bool | None = None) -> dict:
     `measured` defaults to whether CUDA is available; step times on the CPU are not the GPU goals.
     """
     measured = torch.cuda.is_available() if measured is None else measured
-    bf16, int8, int8_t0, nf4 = (_ok(rows, n) for n in ("bf16", "8bit t=6.0", "8bit t=0.0", "nf4"))
+    bf16, int8, int8_t0, nf4, cached = (_ok(rows, n) for n in ("bf16", "8bit t=6.0", "8bit t=0.0", "nf4",
+                                                                "8bit cached"))
     get = lambda row, key: row[key] if (measured and row) else None  # noqa: E731
     ratio = _ratio(get(int8, "step_s"), get(bf16, "step_s"))
     peak = get(int8, "peak_train_gib")
@@ -389,6 +414,7 @@ def summary(rows: dict[str, dict], measured: bool | None = None) -> dict:
         "nf4_over_8bit_step": nf4_step,
         "nf4_beats_8bit_memory_and_speed": None if nf4_mem is None or nf4_step is None
         else nf4_mem < 1 and nf4_step < 1,
+        "ratio_8bit_cached_over_8bit": _ratio(get(cached, "step_s"), get(int8, "step_s")),
         "slowest_variant": slowest["variant"] if slowest else None,
         "slowest_variant_top_kernels": slowest.get("profile_top_kernels") if slowest else None,
         "failed_variants": {r["variant"]: r["error"] for r in rows.values() if r.get("error")} or None,
@@ -506,11 +532,11 @@ def main(argv=None) -> dict:
     results["summary"] = summary({})
     write_results(out, results)
     try:
-        for name, precision, gc_on, threshold in variants:
+        for name, precision, gc_on, threshold, cached in variants:
             print(f"[{name}] loading ...", flush=True)
             try:
                 r = run_variant(name, precision, gc_on, threshold, weights_dir, config, shape, flops,
-                                profile=args.profile_slowest)
+                                profile=args.profile_slowest, cached=cached)
                 print(f"[{name}] attn={r['attn_implementation']} padding={r['padding_fraction']:.2f} load "
                       f"{r['load_s']:.1f} s, footprint {r['footprint_gib']:.3f} GiB (planned {r['planned_load_gib']:.3f}, "
                       f"GPU after load {r['gpu_after_load_gib']}), peak {r['peak_train_gib']} GiB (planned "

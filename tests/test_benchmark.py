@@ -18,7 +18,8 @@ from utils.memory import config_11b
 
 GOAL_KEYS = ("goal_8bit_peak_le_18gib", "ratio_8bit_t6_over_bf16", "goal_8bit_step_le_1.5x_bf16",
              "stretch_8bit_step_le_1.25x_bf16", "goal_planner_load_within_10pct", "planner_load_error_max",
-             "nf4_over_8bit_peak", "nf4_over_8bit_step", "nf4_beats_8bit_memory_and_speed")
+             "nf4_over_8bit_peak", "nf4_over_8bit_step", "nf4_beats_8bit_memory_and_speed",
+             "ratio_8bit_cached_over_8bit")
 
 
 def test_model_flops_11b():
@@ -43,12 +44,20 @@ def test_tiny_benchmark_run(tmp_path):
         assert math.isfinite(r["loss_first"])
         assert r["attn_implementation"] == "sdpa"
         assert r["vision_runs_without_grad"] is True
-        assert r["vision_output_requires_grad"] is False and r["projector_output_requires_grad"] is False
+        if r["cached_vision_features"]:  # the tower and projector ran once before the steps, not in them
+            assert r["variant"] == "8bit cached" and r["vision_calls_in_steps"] == 0
+            assert r["vision_output_requires_grad"] is None and r["projector_output_requires_grad"] is None
+            assert r["vision_cache_s"] > 0 and r["model_flops_per_sample"] < rows["8bit t=6.0"]["model_flops_per_sample"]
+        else:
+            assert r["vision_calls_in_steps"] == 2 and r["vision_cache_s"] is None  # warm-up + timed step
+            assert r["vision_output_requires_grad"] is False and r["projector_output_requires_grad"] is False
         assert r["frozen_vision_params_with_grad"] == 0
         assert r["trainable_params"] > 0
         assert abs(r["footprint_gib"] - r["planned_load_gib"]) < 1e-9  # the plan is exact
         assert r["peak_train_gib"] is None and r["mfu"] is None  # no GPU numbers on CPU
         assert r["profile_top_kernels"] is None  # only with --profile-slowest
+    # same batch, same weights, LoRA B = 0 at the first step: the cached features give the same loss
+    assert rows["8bit cached"]["loss_first"] == pytest.approx(rows["8bit t=6.0"]["loss_first"], rel=1e-5)
     s = results["summary"]
     assert s["status"] == bench.NOT_MEASURED
     for key in GOAL_KEYS:  # the goals are GPU goals: on CPU they exist and are not measured
@@ -102,7 +111,8 @@ def _row(name, step_s, peak, after_load, planned_load, error=None):
 def test_goals_computed_when_measured():
     rows = {r["variant"]: r for r in [
         _row("8bit t=6.0", 1.3, 17.0, 11.0, 10.5), _row("bf16", 1.0, 30.0, 20.0, 19.9),
-        _row("nf4", 1.5, 12.0, 7.0, 7.5), _row("8bit t=0.0", 1.1, 16.5, 11.0, 10.5)]}
+        _row("nf4", 1.5, 12.0, 7.0, 7.5), _row("8bit t=0.0", 1.1, 16.5, 11.0, 10.5),
+        _row("8bit cached", 0.52, 16.0, 11.0, 10.5)]}
     s = summary(rows, measured=True)
     assert s["status"] == "measured"
     assert s["goal_8bit_peak_le_18gib"] is True and s["peak_8bit_t6_gib"] == 17.0
@@ -112,6 +122,7 @@ def test_goals_computed_when_measured():
     assert s["goal_planner_load_within_10pct"] is True
     assert math.isclose(s["nf4_over_8bit_peak"], 12 / 17) and math.isclose(s["nf4_over_8bit_step"], 1.5 / 1.3)
     assert s["nf4_beats_8bit_memory_and_speed"] is False  # less memory, but slower
+    assert math.isclose(s["ratio_8bit_cached_over_8bit"], 0.4)
     assert s["slowest_variant"] == "nf4" and s["slowest_variant_top_kernels"] == [{"name": "nf4"}]
     rows["bf16"] = _row("bf16", None, None, None, 19.9, error="OutOfMemoryError: ...")  # a failed variant
     s = summary(rows, measured=True)

@@ -75,6 +75,19 @@ def cache_is_exact(model, lora_scope: str | None = None) -> tuple[bool, str]:
                   "the image features are the same in every epoch")
 
 
+def projector_output(model, pixel_values, aspect_ratio_ids, aspect_ratio_mask) -> torch.Tensor:
+    """`multi_modal_projector(vision_model(...))` as MllamaModel.forward computes it, without autograd:
+    (batch, images, tiles, patches + 1, hidden). Reshape to (-1, patches + 1, hidden) for the forward's
+    `cross_attention_states`. Inputs are moved to the model's device."""
+    from utils.batching import model_device
+
+    base, device = _base(model), model_device(model)
+    with torch.no_grad():
+        out = base.vision_model(pixel_values=pixel_values.to(device), aspect_ratio_ids=aspect_ratio_ids.to(device),
+                                aspect_ratio_mask=aspect_ratio_mask.to(device))
+        return base.multi_modal_projector(out[0])  # last_hidden_state (a tuple where the config says return_dict=False)
+
+
 def _autocast(device: torch.device, dtype: torch.dtype):
     """The autocast Trainer uses for mixed precision (bf16/fp16 on a GPU); none on the CPU (fp32)."""
     if device.type == "cuda" and dtype in (torch.bfloat16, torch.float16):
@@ -165,10 +178,8 @@ class VisionFeatureCache:
                             images.append([img.convert("RGB")])
                     pixels = processor.image_processor(images=images, return_tensors="pt")
                     num_tiles = pixels.pop("num_tiles")
-                    out = base.vision_model(pixel_values=pixels["pixel_values"].to(device),
-                                            aspect_ratio_ids=pixels["aspect_ratio_ids"].to(device),
-                                            aspect_ratio_mask=pixels["aspect_ratio_mask"].to(device)).last_hidden_state
-                    states = base.multi_modal_projector(out)  # (batch, 1 image, tiles, patches + 1, hidden)
+                    states = projector_output(model, pixels["pixel_values"], pixels["aspect_ratio_ids"],
+                                              pixels["aspect_ratio_mask"])  # (batch, 1 image, tiles, patches + 1, hidden)
                     for i, key in enumerate(keys):
                         self._store(key, states[i, 0].to("cpu", self.dtype).contiguous(), int(num_tiles[i][0]))
                         self.computed += 1
