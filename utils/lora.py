@@ -56,11 +56,21 @@ def lora_config(model, settings: LoraSettings) -> LoraConfig:
                       task_type="CAUSAL_LM")
 
 
-def add_lora(model, settings: LoraSettings):
-    """Freeze the base and wrap it with LoRA adapters (PeftModel)."""
+def add_lora(model, settings: LoraSettings, seed: int | None = 0):
+    """Freeze the base and wrap it with LoRA adapters (PeftModel).
+
+    LoRA's A matrices start random (B starts at zero): they are drawn from a generator seeded with
+    `seed`, so the same settings give the same adapter in every process (the run is reproducible;
+    Trainer seeds only after the model exists). The global RNG is left as it was. `seed=None`: unseeded.
+    """
     for p in model.parameters():
         p.requires_grad_(False)
-    return get_peft_model(model, lora_config(model, settings))
+    if seed is None:
+        return get_peft_model(model, lora_config(model, settings))
+    devices = [d for d in {p.device for p in model.parameters()} if d.type == "cuda"]
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        return get_peft_model(model, lora_config(model, settings))
 
 
 def _n_values(p) -> int:
