@@ -242,6 +242,7 @@ def own_data(tmp_path):
         image = [{**r, "image": str((REPO / "data" / r["image"]).resolve())} for r in rows if r.get("image")][:n_image]
         return text + image
 
+    tmp_path.mkdir(parents=True, exist_ok=True)
     files = {}
     for split, name, counts in (("train", "construction_train.jsonl", (12, 4)), ("eval", "construction_eval.jsonl", (4, 2))):
         path = tmp_path / f"my_{split}.jsonl"
