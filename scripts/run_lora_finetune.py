@@ -1,124 +1,227 @@
 #!/usr/bin/env python
-"""Train a LoRA adapter on Llama 3.2 Vision from the shell (the seed's command line).
+"""Train a LoRA adapter on Llama 3.2 Vision from the shell (the seed's command line), with every Trainer flag.
 
     python scripts/run_lora_finetune.py --data_path data/construction_train.jsonl --output_dir outputs/cli \
         --per_device_train_batch_size 2 --gradient_accumulation_steps 2 --max_seq_length 512 --num_train_epochs 3
 
-`--model tiny` (offline, CPU) or `--model 11b` (GPU, Hugging Face token) run the same code.
-Unset options take the profile's defaults (utils.config.PROFILE_DEFAULTS).
+The flags are transformers.TrainingArguments (--learning_rate --lr_scheduler_type --warmup_steps --save_total_limit
+--seed --report_to tensorboard --logging_steps ...) plus this project's data, model and LoRA options (the
+dataclasses below). Where a value comes from, strongest first: a flag on the command line, `--config run.json`
+(JSON or YAML, keys = the flags; notebooks write OUTPUT_DIR/run_config.json in this form), the profile's
+defaults (`--model tiny|11b|auto`: utils.config.PROFILE_DEFAULTS), utils.config.TRAIN_DEFAULTS and
+utils.train.cli_training_defaults().
+
+More than one GPU: `accelerate launch --config_file configs/accelerate/ddp_8bit.yaml scripts/run_lora_finetune.py ...`
+(data-parallel LoRA; see README "Training from the shell"). The final adapter lands in --output_dir
+(Trainer.save_model: adapter_config.json, adapter_model.safetensors, processor files, training_args.bin) with
+the seed's lora_adapter_state_dict.pt; checkpoints in --output_dir/checkpoint-N.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
-import random
 import sys
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from utils.config import DATA_DIR, PRECISIONS, PROFILES, LoraSettings, choose_setup, profile_defaults  # noqa: E402
+from transformers import HfArgumentParser, TrainingArguments  # noqa: E402
+
+from utils.config import (DATA_DIR, PRECISIONS, PROFILES, TRAIN_DEFAULTS, LoraSettings, choose_setup,  # noqa: E402
+                          profile_defaults, resolve_profile)
 from utils.lora import SCOPES  # noqa: E402
 
 SAMPLE_TRAIN = DATA_DIR / "construction_train.jsonl"
 SAMPLE_EVAL = DATA_DIR / "construction_eval.jsonl"
+SEED_STATE_DICT = "lora_adapter_state_dict.pt"
+
+
+@dataclass
+class DataArguments:
+    data_path: str = field(default=str(SAMPLE_TRAIN), metadata={
+        "help": "training data: a JSONL file (seed or chat format), a folder of JSONL files, a dataset saved "
+                "with save_to_disk, or a Hub dataset id (user/name, with --dataset_split)"})
+    eval_data_path: str | None = field(default=None, metadata={
+        "help": "held-out data (same forms); default: the sample eval split for the sample data, else a seeded "
+                "5%% of data_path"})
+    dataset_split: str = field(default="train", metadata={"help": "split of a Hub or saved dataset"})
+    eval_dataset_split: str | None = field(default=None, metadata={
+        "help": "split of a Hub or saved eval dataset (default: --dataset_split)"})
+    max_seq_length: int | None = field(default=None, metadata={
+        "help": "longest row in tokens; longer prompts lose the middle of the user text (profile default)"})
+    max_train_rows: int | None = field(default=None, metadata={"help": "use only N rows (after a seeded shuffle)"})
+    skip_bad_rows: bool = field(default=False, metadata={"help": "drop bad rows (reported) instead of stopping"})
+    num_proc: int | None = field(default=None, metadata={"help": "processes for tokenization (default min(4, cores))"})
+
+
+@dataclass
+class ModelArguments:
+    model: str = field(default="auto", metadata={"choices": list(PROFILES),
+                                                 "help": "tiny (offline CPU), 11b (Hub), auto"})
+    model_name_or_path: str | None = field(default=None, metadata={
+        "help": "a local folder or Hub id instead of the profile's model"})
+    precision: str = field(default="auto", metadata={
+        "choices": list(PRECISIONS), "help": "weights: 8bit (LLM.int8), 4bit (nf4), bf16, fp16, fp32; auto: 8bit "
+                                             "where the memory plan fits this GPU, else 4bit (env LLAMA_VISION_PRECISION)"})
+    cache_vision_features: str = field(default="auto", metadata={
+        "choices": ["auto", "on", "off"], "help": "compute the frozen vision features once per image "
+                                                  "(utils/vision_cache.py); auto: on when exact (no LoRA in the vision tower)"})
+    vision_cache_mb: float = field(default=2048, metadata={
+        "help": "keep the cached features in memory up to this size, else on disk in output_dir"})
+
+
+@dataclass
+class LoraArguments:
+    lora_rank: int | None = field(default=None, metadata={"help": "LoRA r (profile default)"})
+    lora_alpha: int | None = field(default=None, metadata={"help": "LoRA alpha (profile default)"})
+    lora_dropout: float | None = field(default=None, metadata={"help": "LoRA dropout (profile default)"})
+    target_modules: str | None = field(default=None, metadata={"help": "comma-separated, e.g. q_proj,k_proj,v_proj,o_proj"})
+    lora_scope: str | None = field(default=None, metadata={"choices": sorted(SCOPES),
+                                                           "help": "language, cross_attention or language_vision"})
+
+
+@dataclass
+class RunArguments:
+    config: str | None = field(default=None, metadata={
+        "help": "JSON (or YAML) file whose keys are these flags, e.g. a notebook's OUTPUT_DIR/run_config.json; "
+                "flags on the command line override it"})
+    resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in output_dir"})
+    warmup_ratio: float = field(default=TRAIN_DEFAULTS["warmup_ratio"], metadata={
+        "help": "share of the steps for LR warmup (used as --warmup_steps unless that is given)"})
+    group_by_length: bool = field(default=TRAIN_DEFAULTS["group_by_length"], metadata={
+        "help": "batch rows of similar length (within a modality); --no_group_by_length or --group_by_length false"})
+
+
+DATACLASSES = (DataArguments, ModelArguments, LoraArguments, RunArguments, TrainingArguments)
+# Flag -> key of PROFILE_DEFAULTS[profile] (the lora ones inside its "lora" dict).
+PROFILE_FLAGS = {"per_device_train_batch_size": "per_device_train_batch_size",
+                 "gradient_accumulation_steps": "gradient_accumulation_steps", "max_seq_length": "max_seq_length",
+                 "num_train_epochs": "num_train_epochs", "learning_rate": "learning_rate"}
+# Defaults argparse would misread as a string default (the flag's type is bool): set after parsing.
+AFTER_PARSE = ("include_num_input_tokens_seen",)
+PROFILE_LORA_FLAGS = {"lora_rank": "r", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout",
+                      "target_modules": "target_modules", "lora_scope": "scope"}
+
+
+def build_parser() -> HfArgumentParser:
+    return HfArgumentParser(DATACLASSES, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def given_flags(parser: argparse.ArgumentParser, argv: list[str]) -> dict:
+    """The flags written on the command line (and their parsed values), defaults left out."""
+    saved = [(action, action.default) for action in parser._actions]
+    for action, _ in saved:
+        action.default = argparse.SUPPRESS
+    try:
+        namespace, _ = parser.parse_known_args(argv)
+    finally:
+        for action, default in saved:
+            action.default = default
+    return vars(namespace)
+
+
+def read_config(path, known: set[str]) -> dict:
+    """A run config file (JSON; YAML by suffix): flag -> value. Keys starting with "_" (a notebook's "_set_by")
+    and null values are ignored, lists become comma-separated (target_modules); unknown keys are an error."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        values = yaml.safe_load(text) or {}
+    else:
+        values = json.loads(text)
+    if not isinstance(values, dict):
+        raise SystemExit(f"error: {path}: a run config is an object of flag: value")
+    values = {k: v for k, v in values.items() if not k.startswith("_") and v is not None}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise SystemExit(f"error: {path}: unknown key(s) {unknown}: keys are the command-line flags "
+                         "(python scripts/run_lora_finetune.py --help)")
+    return {k: ",".join(map(str, v)) if k == "target_modules" and isinstance(v, list) else v
+            for k, v in values.items()}
+
+
+def profile_flag_defaults(profile: str) -> dict:
+    """Unset flags -> the profile's values (utils.config.PROFILE_DEFAULTS) and TRAIN_DEFAULTS."""
+    from utils.train import cli_training_defaults
+
+    d = profile_defaults(profile)
+    values = {flag: d[key] for flag, key in PROFILE_FLAGS.items()}
+    values.update({flag: d["lora"][key] for flag, key in PROFILE_LORA_FLAGS.items()})
+    values["target_modules"] = ",".join(values["target_modules"])
+    values.update({k: v for k, v in cli_training_defaults().items() if k not in AFTER_PARSE})
+    # Non-reentrant checkpointing is switched on by utils.train.prepare_for_training, not by Trainer.
+    values.update(output_dir="outputs/cli", activation_checkpointing=TRAIN_DEFAULTS["gradient_checkpointing"])
+    return values
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data_path", default=str(SAMPLE_TRAIN), help="JSONL, seed or chat format")
-    p.add_argument("--eval_data_path", default=None,
-                   help="held-out JSONL; default: the sample eval split for the sample data, else 5%% of data_path")
-    p.add_argument("--output_dir", default="outputs/cli")
-    p.add_argument("--model", default="auto", choices=PROFILES, help="tiny (offline CPU), 11b (Hub), auto")
-    p.add_argument("--model_name_or_path", default=None, help="a local folder or Hub id instead of the profile's model")
-    p.add_argument("--precision", default="auto", choices=PRECISIONS,
-                   help="weights: 8bit (LLM.int8), 4bit (nf4), bf16, fp16, fp32; auto: 8bit where the memory plan fits "
-                        "this GPU, else 4bit (env LLAMA_VISION_PRECISION)")
-    p.add_argument("--per_device_train_batch_size", type=int)
-    p.add_argument("--gradient_accumulation_steps", type=int)
-    p.add_argument("--max_seq_length", type=int)
-    p.add_argument("--num_train_epochs", type=float)
-    p.add_argument("--max_steps", type=int, default=-1, help="overrides epochs when > 0")
-    p.add_argument("--learning_rate", type=float)
-    p.add_argument("--lora_rank", type=int)
-    p.add_argument("--lora_alpha", type=int)
-    p.add_argument("--lora_dropout", type=float)
-    p.add_argument("--target_modules", help="comma-separated, e.g. q_proj,k_proj,v_proj,o_proj")
-    p.add_argument("--lora_scope", choices=sorted(SCOPES))
-    p.add_argument("--save_steps", type=int, default=50)
-    p.add_argument("--eval_steps", type=int, default=50)
-    p.add_argument("--logging_steps", type=int, default=10)
-    p.add_argument("--max_train_rows", type=int, help="use only the first N rows (after a seeded shuffle)")
-    p.add_argument("--skip_bad_rows", action="store_true", help="drop bad lines (reported) instead of stopping")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--cache_vision_features", default="auto", choices=("auto", "on", "off"),
-                   help="compute the frozen vision features once per image (utils/vision_cache.py); auto: on when "
-                        "exact (no LoRA in the vision tower)")
-    p.add_argument("--vision_cache_mb", type=float, default=2048,
-                   help="keep the cached features in memory up to this size, else on disk in output_dir")
-    p.add_argument("--group_by_length", nargs="?", const=True, default=True, type=_bool,
-                   help="batch rows of similar length (default on; --group_by_length false or --no-group_by_length)")
-    p.add_argument("--no-group_by_length", dest="group_by_length", action="store_false")
-    return p.parse_args(argv)
+    """Every flag resolved (command line > --config > profile defaults > project defaults), as one namespace."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # HfArgumentParser spells negations --no_X; the earlier CLI took --no-X (e.g. --no-group_by_length).
+    argv = ["--no_" + a[5:] if a.startswith("--no-") else a for a in argv]
+    parser = build_parser()
+    given = given_flags(parser, argv)
+    known = {action.dest for action in parser._actions} - {"help"}
+    config = read_config(given["config"], known) if given.get("config") else {}
+    profile = resolve_profile(given.get("model") or config.get("model") or "auto")
+    parser.set_defaults(**{**profile_flag_defaults(profile), **config})
+    args = parser.parse_args(argv)
+    chosen = {**config, **given}
+    if "per_device_eval_batch_size" not in chosen:
+        args.per_device_eval_batch_size = args.per_device_train_batch_size
+    from utils.train import cli_training_defaults
+
+    for key, value in cli_training_defaults().items():
+        if key in AFTER_PARSE and key not in chosen:
+            setattr(args, key, value)
+    if "warmup_steps" not in chosen:
+        args.warmup_steps = args.warmup_ratio  # a float below 1 is a share of the steps
+    return args
 
 
-def _bool(text: str) -> bool:
-    value = str(text).strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+def split_arguments(args: argparse.Namespace):
+    """(DataArguments, ModelArguments, LoraArguments, RunArguments, TrainingArguments) from parse_args()."""
+    values = vars(args)
+    return tuple(cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.init and f.name in values})
+                 for cls in DATACLASSES)
 
 
-def settings_from_args(args):
-    """(TrainSettings, LoraSettings): CLI values where given, else the profile's defaults."""
-    from utils.train import TrainSettings
-
-    d = profile_defaults(args.model)
-    pick = lambda value, key: d[key] if value is None else value  # noqa: E731
-    train = TrainSettings(
-        output_dir=args.output_dir,
-        per_device_train_batch_size=pick(args.per_device_train_batch_size, "per_device_train_batch_size"),
-        gradient_accumulation_steps=pick(args.gradient_accumulation_steps, "gradient_accumulation_steps"),
-        num_train_epochs=pick(args.num_train_epochs, "num_train_epochs"),
-        max_steps=args.max_steps, learning_rate=pick(args.learning_rate, "learning_rate"),
-        max_seq_length=pick(args.max_seq_length, "max_seq_length"), logging_steps=args.logging_steps,
-        eval_steps=args.eval_steps, save_steps=args.save_steps, seed=args.seed, group_by_length=args.group_by_length)
-    lora = d["lora"]
-    targets = args.target_modules.split(",") if args.target_modules else lora["target_modules"]
-    lora_settings = LoraSettings(
-        r=args.lora_rank or lora["r"], lora_alpha=args.lora_alpha or lora["lora_alpha"],
-        lora_dropout=lora["lora_dropout"] if args.lora_dropout is None else args.lora_dropout,
-        target_modules=[t.strip() for t in targets if t.strip()], scope=args.lora_scope or lora["scope"])
-    return train, lora_settings
+def lora_settings(lora: LoraArguments) -> LoraSettings:
+    targets = lora.target_modules.split(",") if isinstance(lora.target_modules, str) else lora.target_modules
+    return LoraSettings(r=lora.lora_rank, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
+                        target_modules=[t.strip() for t in targets if t.strip()], scope=lora.lora_scope)
 
 
-def split_data(args):
+def split_data(data: DataArguments, seed: int, say=print):
+    """(train examples, eval examples): a seeded shuffle, the eval file (or the sample eval split, or 5%)."""
+    import random
+
     from utils.data import load_examples
 
-    train = load_examples(args.data_path, skip_bad=args.skip_bad_rows)
-    random.Random(args.seed).shuffle(train)
-    if args.eval_data_path:
-        evaluation = load_examples(args.eval_data_path, skip_bad=args.skip_bad_rows)
-    elif Path(args.data_path).resolve() == SAMPLE_TRAIN.resolve():
+    train = load_examples(data.data_path, skip_bad=data.skip_bad_rows)
+    random.Random(seed).shuffle(train)
+    if data.eval_data_path:
+        evaluation = load_examples(data.eval_data_path, skip_bad=data.skip_bad_rows)
+    elif Path(data.data_path).resolve() == SAMPLE_TRAIN.resolve():
         evaluation = load_examples(SAMPLE_EVAL)
     else:
         n = max(1, len(train) // 20) if len(train) > 1 else 0
         evaluation, train = train[:n], train[n:]
-        print(f"held out {n} of {n + len(train)} rows for eval loss (pass --eval_data_path to choose)")
-    if args.max_train_rows:
-        train = train[: args.max_train_rows]
+        say(f"held out {n} of {n + len(train)} rows for eval loss (pass --eval_data_path to choose)")
+    if data.max_train_rows:
+        train = train[: data.max_train_rows]
     return train, evaluation
 
 
-def summary_line(steps: int, seconds: float, history: dict) -> str:
+def summary_line(steps: int, seconds: float, history: dict, adapter_dir=None) -> str:
     """One line for the end of a run; works with an empty history (nothing logged)."""
     train_losses = [loss for _, loss in history.get("train", [])]
     eval_losses = [loss for _, loss in history.get("eval", [])]
@@ -129,6 +232,8 @@ def summary_line(steps: int, seconds: float, history: dict) -> str:
         text += ", no train loss logged"
     if eval_losses:
         text += f", eval loss {eval_losses[-1]:.3f}"
+    if adapter_dir is not None:
+        text += f"; adapter in {adapter_dir}"
     return text
 
 
@@ -158,77 +263,131 @@ def vision_cache_decision(mode: str, model, scope: str, rows) -> tuple[bool, str
     return False, f"off (auto): {reason}"
 
 
+def save_final_adapter(trainer, out_dir) -> dict[str, int]:
+    """The seed's layout in out_dir: Trainer.save_model (adapter, processor files, training_args.bin; only the
+    main process writes, FSDP gathers first) and lora_adapter_state_dict.pt (the same tensors). {file: bytes}."""
+    import torch
+    from safetensors.torch import load_file
+
+    out = Path(out_dir)
+    trainer.save_model(str(out))
+    if not trainer.is_world_process_zero():
+        return {}
+    torch.save(load_file(out / "adapter_model.safetensors"), out / SEED_STATE_DICT)
+    return {p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.is_file()}
+
+
+def adapter_identical_across_processes(model) -> bool:
+    """Data-parallel check at the end of a run: every process holds bit-identical LoRA weights (DDP all-reduces
+    the adapter's gradients, so the copies never drift). A collective call: every process must make it."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256()
+    for name, p in sorted((n, p) for n, p in model.named_parameters() if p.requires_grad):
+        digest.update(name.encode())
+        digest.update(p.detach().float().cpu().numpy().tobytes())
+    digests = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(digests, digest.hexdigest())
+    return len(set(digests)) == 1
+
+
 def main(argv=None) -> int:
     warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
     # bitsandbytes logs "MatMul8bitLt: inputs will be cast ..." at every int8 matmul on CPU (a log record, not a warning).
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     args = parse_args(argv)
     setup = choose_setup(args.model, args.precision)
-    print(setup)  # the decision and the planned training peak next to this GPU's memory
     args.model, args.precision = setup.profile, setup.precision
+    data_args, model_args, lora_args, run_args, training_args = split_arguments(args)
+    main_process = training_args.process_index == 0
+    say = print if main_process else (lambda *a, **k: None)
+    say(setup)  # the decision and the planned training peak next to this GPU's memory
+    if training_args.world_size > 1:
+        say(f"data-parallel: {training_args.world_size} processes, per-device batch "
+            f"{training_args.per_device_train_batch_size}, global batch "
+            f"{training_args.per_device_train_batch_size * training_args.world_size * training_args.gradient_accumulation_steps}")
+    from utils.modeling import uses_fsdp
+
+    if uses_fsdp() and args.precision == "8bit":
+        print("error: FSDP cannot shard 8-bit (LLM.int8) weights: use configs/accelerate/ddp_8bit.yaml (one 8-bit "
+              "copy per GPU) or --precision 4bit with configs/accelerate/fsdp_qlora_4bit.yaml", file=sys.stderr)
+        return 2
     from utils.batching import encode_all
     from utils.data import DataError
-    from utils.export import export_adapter
     from utils.lora import LoraTargetError, add_lora, count_parameters
     from utils.modeling import HubAccessError, load_model, load_processor
     from utils.train import build_trainer, train
 
-    train_settings, lora_settings = settings_from_args(args)
+    settings = lora_settings(lora_args)
+
+    def fail(message: str, code: int) -> int:
+        if main_process:
+            print(f"error: {message}", file=sys.stderr)
+        return code
+
     try:
-        train_examples, eval_examples = split_data(args)
+        train_examples, eval_examples = split_data(data_args, training_args.seed, say)
     except (DataError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"profile={args.model} precision={args.precision} train rows={len(train_examples)} "
-          f"eval rows={len(eval_examples)}")
+        return fail(str(err), 2)
+    say(f"profile={args.model} precision={args.precision} train rows={len(train_examples)} "
+        f"eval rows={len(eval_examples)}")
     try:
-        processor = load_processor(args.model, args.model_name_or_path)
-        model = load_model(args.model, args.precision, args.model_name_or_path)
+        processor = load_processor(args.model, model_args.model_name_or_path)
+        model = load_model(args.model, args.precision, model_args.model_name_or_path)
     except HubAccessError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 3
+        return fail(str(err), 3)
     try:
-        train_rows = encode_all(processor, train_examples, train_settings.max_seq_length)
+        train_rows = encode_all(processor, train_examples, data_args.max_seq_length, verbose=main_process)
     except ValueError as err:
-        print(f"error: {err}: raise --max_seq_length or shorten the answers", file=sys.stderr)
-        return 2
+        return fail(f"{err}: raise --max_seq_length or shorten the answers", 2)
     eval_rows = None
     if eval_examples:
         try:
-            eval_rows = encode_all(processor, eval_examples, train_settings.max_seq_length)
+            eval_rows = encode_all(processor, eval_examples, data_args.max_seq_length, verbose=main_process)
         except ValueError as err:
-            print(f"warning: eval split: {err}; training without eval loss")
+            say(f"warning: eval split: {err}; training without eval loss")
+    from transformers import set_seed
+
+    set_seed(training_args.seed)  # LoRA's A matrices start random: the same seed, the same adapter at step 0
     try:
-        model = add_lora(model, lora_settings)
+        model = add_lora(model, settings)
     except LoraTargetError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return fail(str(err), 2)
     trainable, total = count_parameters(model)
-    print(f"LoRA: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%)")
-    print(padding_report(train_rows, train_settings.per_device_train_batch_size, train_settings.seed,
-                         train_settings.group_by_length))
-    all_rows = train_rows + (eval_rows or [])
+    say(f"LoRA: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%)")
+    say(padding_report(train_rows, training_args.per_device_train_batch_size * training_args.world_size,
+                       training_args.seed, run_args.group_by_length))
+    all_rows = list(train_rows) + list(eval_rows or [])
     try:
-        use_cache, why = vision_cache_decision(args.cache_vision_features, model, lora_settings.scope, all_rows)
+        use_cache, why = vision_cache_decision(model_args.cache_vision_features, model, settings.scope, all_rows)
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"vision feature cache: {why}")
+        return fail(str(err), 2)
+    say(f"vision feature cache: {why}")
     vision_cache = None
     if use_cache:
         from utils.vision_cache import VisionFeatureCache
 
-        vision_cache = VisionFeatureCache.build(model, processor, all_rows, max_memory_mb=args.vision_cache_mb,
-                                                cache_dir=Path(args.output_dir) / "vision_features",
-                                                lora_scope=lora_settings.scope)
-    trainer = build_trainer(model, processor, train_rows, eval_rows, train_settings, vision_cache=vision_cache)
+        rank = training_args.process_index
+        vision_cache = VisionFeatureCache.build(
+            model, processor, all_rows, max_memory_mb=model_args.vision_cache_mb,
+            cache_dir=Path(training_args.output_dir) / ("vision_features" + (f"-rank{rank}" if rank else "")),
+            lora_scope=settings.scope)
+    gradient_checkpointing = bool(training_args.activation_checkpointing)
+    trainer = build_trainer(model, processor, train_rows, eval_rows, training_args, vision_cache=vision_cache,
+                            gradient_checkpointing=gradient_checkpointing, group_by_length=run_args.group_by_length)
     start = time.time()
-    train(trainer, resume=args.resume)
-    files = export_adapter(model, processor, Path(args.output_dir) / "adapter", train_settings.to_dict(),
-                           lora_settings.to_dict())
-    print(summary_line(trainer.state.global_step, time.time() - start,
-                       json.loads((Path(args.output_dir) / "loss_history.json").read_text())))
-    print(f"adapter in {Path(args.output_dir) / 'adapter'}: " + ", ".join(f"{k} ({v / 1e6:.2f} MB)" for k, v in files.items()))
+    train(trainer, resume=run_args.resume)
+    out = Path(training_args.output_dir)
+    same = adapter_identical_across_processes(model) if training_args.world_size > 1 else None
+    files = save_final_adapter(trainer, out)
+    if main_process:
+        history = json.loads((out / "loss_history.json").read_text())
+        print(summary_line(trainer.state.global_step, time.time() - start, history, out))
+        if same is not None:
+            print(f"adapter weights identical on all {training_args.world_size} processes: {same}")
+        print("adapter files: " + ", ".join(f"{k} ({v / 1e6:.2f} MB)" for k, v in files.items()))
     return 0
 
 

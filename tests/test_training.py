@@ -226,27 +226,38 @@ def test_batches_move_to_the_models_device(processor, rows):
 
 
 def test_seed_cli_trains_and_exports(tiny_dir, tmp_path):
+    """The seed's flags plus Trainer flags; the seed's layout: adapter in output_dir, checkpoint-N beside it."""
     out = tmp_path / "cli"
     cmd = [sys.executable, "scripts/run_lora_finetune.py", "--data_path", "data/construction_train.jsonl",
            "--output_dir", str(out), "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2",
            "--max_seq_length", "512", "--num_train_epochs", "3", "--max_steps", "6", "--max_train_rows", "24",
            "--lora_rank", "8", "--lora_alpha", "32", "--lora_dropout", "0.05", "--target_modules",
            "q_proj,k_proj,v_proj,o_proj", "--model", "tiny", "--precision", "8bit", "--save_steps", "3",
-           "--logging_steps", "2", "--learning_rate", "5e-3"]
+           "--logging_steps", "2", "--learning_rate", "5e-3", "--lr_scheduler_type", "constant",
+           "--save_total_limit", "1", "--eval_data_path", "data/construction_eval.jsonl", "--eval_steps", "100"]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    assert (out / "adapter" / "adapter_model.safetensors").is_file()
-    config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    for name in ("adapter_config.json", "adapter_model.safetensors", SEED_STATE_DICT, "training_args.bin",
+                 "tokenizer.json", "processor_config.json", "loss_history.json"):
+        assert (out / name).is_file(), (name, sorted(p.name for p in out.iterdir()))
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-6"]  # --save_total_limit 1
+    config = json.loads((out / "adapter_config.json").read_text())
     assert config["r"] == 8 and config["lora_alpha"] == 32
+    args = torch.load(out / "training_args.bin", weights_only=False)
+    assert args.lr_scheduler_type == "constant" and args.remove_unused_columns is False
     history = json.loads((out / "loss_history.json").read_text())
     # Logged losses come from batches of different rows (image or text, short or long): too noisy to compare
     # over 6 steps; test_training_lowers_loss_resumes_and_exports checks learning on one fixed batch.
     assert [s for s, _ in history["train"]] == [2, 4, 6] and [s for s, _ in history["eval"]] == [6]
     from safetensors.torch import load_file
 
-    weights = load_file(out / "adapter" / "adapter_model.safetensors")
+    weights = load_file(out / "adapter_model.safetensors")
     assert any("lora_B" in k and v.abs().max() > 0 for k, v in weights.items())  # lora_B starts at zero
+    state = torch.load(out / SEED_STATE_DICT)
+    assert state.keys() == weights.keys() and all(torch.equal(state[k], weights[k]) for k in state)
     assert "MatMul8bitLt" not in done.stdout + done.stderr  # bitsandbytes' per-matmul log line is silenced
+    assert "tokens_per_second" in done.stdout + done.stderr and "it/s" in done.stderr + done.stdout  # logs, progress bar
+    assert f"done: 6 steps" in done.stdout and f"adapter in {out}" in done.stdout
 
 
 def test_seed_command_on_a_five_row_file_logs_and_exits_0(tiny_dir, tmp_path):
@@ -317,4 +328,4 @@ def test_cli_trains_on_chat_format_with_bom_crlf_and_long_rows(tiny_dir, tmp_pat
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert "with a shortened prompt" in done.stdout and "answer is 601 tokens" in done.stdout
-    assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").is_file()
+    assert (tmp_path / "out" / "adapter_model.safetensors").is_file()

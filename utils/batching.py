@@ -133,28 +133,60 @@ def modality_batches(rows: list[dict], batch_size: int, shuffle: bool = False, s
     return batches
 
 
+def shard_batches(batches: list[list[int]], num_replicas: int) -> list[list[int]]:
+    """Each global batch cut into `num_replicas` consecutive slices, listed slice by slice
+    (batch 0 slice 0, batch 0 slice 1, ..., batch 1 slice 0, ...).
+
+    accelerate's BatchSamplerShard gives batch i of a prepared loader to process i % num_processes, so
+    process r trains on slice r of every global batch: a run on N processes with per-device batch b sees
+    exactly the batches a 1-process run with batch N*b sees (same rows per optimizer step, same order).
+    A global batch with fewer rows than replicas (the last one) repeats its rows, as DistributedSampler pads.
+    """
+    if num_replicas <= 1:
+        return [list(b) for b in batches]
+    out = []
+    for batch in batches:
+        rows = list(batch)
+        while len(rows) < num_replicas:
+            rows += batch[:num_replicas - len(rows)]
+        size, extra = divmod(len(rows), num_replicas)
+        start = 0
+        for r in range(num_replicas):
+            end = start + size + (r < extra)
+            out.append(rows[start:end])
+            start = end
+    return out
+
+
 class ModalityBatchSampler(torch.utils.data.Sampler):
     """A batch sampler over encoded rows that yields modality_batches(); a new order per epoch.
 
     Deterministic in (seed, epoch): Trainer calls set_epoch() before each epoch, so a resumed run
     skips exactly the batches the interrupted run had already seen.
+
+    With `num_replicas` > 1 (data-parallel training, one process per device) the batches are built at
+    the global size batch_size * num_replicas and cut into per-process slices (shard_batches): the
+    prepared loader of each process then yields its own slice of every global batch.
     """
 
     def __init__(self, rows: list[dict], batch_size: int, shuffle: bool = True, seed: int = 0,
-                 group_by_length: bool = True):
+                 group_by_length: bool = True, num_replicas: int = 1):
         self.rows, self.batch_size, self.shuffle = rows, batch_size, shuffle
         self.seed, self.group_by_length, self.epoch = seed, group_by_length, 0
+        self.num_replicas = max(1, int(num_replicas))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __iter__(self):
-        yield from modality_batches(self.rows, self.batch_size, self.shuffle, self.seed + self.epoch,
-                                    self.group_by_length)
+        batches = modality_batches(self.rows, self.batch_size * self.num_replicas, self.shuffle,
+                                   self.seed + self.epoch, self.group_by_length)
+        yield from shard_batches(batches, self.num_replicas)
 
     def __len__(self) -> int:
+        size = self.batch_size * self.num_replicas
         n_image = sum(bool(r.get("image")) for r in self.rows)
-        return -(-n_image // self.batch_size) + -(-(len(self.rows) - n_image) // self.batch_size)
+        return (-(-n_image // size) + -(-(len(self.rows) - n_image) // size)) * self.num_replicas
 
 
 class MixedBatchError(ValueError):

@@ -35,6 +35,45 @@ REFERENCE_BATCH_SIZE, REFERENCE_SEQ_LEN = 2, 512
 PINNED_DATE = "26 Jul 2024"
 
 
+# Per-profile defaults the notebooks and the CLI start from (the parameters cell or a flag can override each).
+# tiny: small enough for Run All on 2 CPU cores in minutes; 11b: the reference A100 setup. This is the one
+# place these values live: LoraSettings() and utils.train.TrainSettings() take their defaults from the 11b
+# profile, and scripts/run_lora_finetune.py fills unset flags from the chosen profile.
+PROFILE_DEFAULTS = {
+    "tiny": {"max_train_rows": 160, "max_eval_rows": 16, "max_seq_length": 256, "per_device_train_batch_size": 4,
+             "gradient_accumulation_steps": 1, "max_steps": 80, "num_train_epochs": 3, "learning_rate": 5e-3,
+             "lora": {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0,
+                      "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                      "scope": "language"}},
+    "11b": {"max_train_rows": None, "max_eval_rows": None, "max_seq_length": 512, "per_device_train_batch_size": 2,
+            "gradient_accumulation_steps": 2, "max_steps": -1, "num_train_epochs": 3, "learning_rate": 2e-4,
+            "lora": {"r": 8, "lora_alpha": 32, "lora_dropout": 0.05,
+                     "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "scope": "language"}},
+}
+# Training defaults shared by both profiles (TrainSettings and the CLI). The CLI leaves max_steps at -1
+# (epochs decide) whatever the profile; notebooks take the profile's max_steps.
+TRAIN_DEFAULTS = {"max_steps": -1, "warmup_ratio": 0.03, "lr_scheduler_type": "linear", "logging_steps": 10,
+                  "eval_steps": 50, "save_steps": 50, "save_total_limit": 2, "seed": 42,
+                  "gradient_checkpointing": True, "group_by_length": True}
+_LORA_11B = PROFILE_DEFAULTS["11b"]["lora"]
+
+
+@dataclass
+class LoraSettings:
+    """The seed's LoRA options plus a scope (see utils.lora.SCOPES); defaults: the 11b profile's."""
+
+    r: int = _LORA_11B["r"]
+    lora_alpha: int = _LORA_11B["lora_alpha"]
+    lora_dropout: float = _LORA_11B["lora_dropout"]
+    target_modules: list[str] = field(default_factory=lambda: list(_LORA_11B["target_modules"]))
+    bias: str = "none"
+    scope: str = _LORA_11B["scope"]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+
 def gpu_memory_gib() -> float:
     """Total memory of GPU 0 in GiB, or 0.0 without CUDA."""
     if not torch.cuda.is_available():
@@ -197,36 +236,6 @@ def compute_dtype(precision: str | None = None) -> torch.dtype:
     if precision in (None, "auto"):
         precision = mixed_precision()
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
-
-
-@dataclass
-class LoraSettings:
-    """The seed's LoRA options plus a scope (see utils.lora.SCOPES)."""
-
-    r: int = 8
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    bias: str = "none"
-    scope: str = "language"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-# Per-profile defaults the notebooks and the CLI start from (the parameters cell can override each).
-# tiny: small enough for Run All on 2 CPU cores in minutes; 11b: the reference A100 setup.
-PROFILE_DEFAULTS = {
-    "tiny": {"max_train_rows": 160, "max_eval_rows": 16, "max_seq_length": 256, "per_device_train_batch_size": 4,
-             "gradient_accumulation_steps": 1, "max_steps": 80, "num_train_epochs": 3, "learning_rate": 5e-3,
-             "lora": {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0,
-                      "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-                      "scope": "language"}},
-    "11b": {"max_train_rows": None, "max_eval_rows": None, "max_seq_length": 512, "per_device_train_batch_size": 2,
-            "gradient_accumulation_steps": 2, "max_steps": -1, "num_train_epochs": 3, "learning_rate": 2e-4,
-            "lora": {"r": 8, "lora_alpha": 32, "lora_dropout": 0.05,
-                     "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "scope": "language"}},
-}
 
 
 def profile_defaults(profile: str) -> dict:

@@ -18,8 +18,13 @@ def export_adapter(model, processor, out_dir, train_settings: dict | None = None
                    lora_settings: dict | None = None) -> dict[str, int]:
     """PEFT adapter files + processor files + the run's settings, and the seed's state-dict file.
 
-    Returns {file name: size in bytes} of everything written.
+    Returns {file name: size in bytes} of everything written. Only the main process writes (under
+    `accelerate launch` every process holds the same adapter); the others return {}.
     """
+    from utils.train import is_main_process
+
+    if not is_main_process():
+        return {}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)  # adapter_config.json, adapter_model.safetensors

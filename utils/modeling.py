@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from transformers import AutoProcessor, BitsAndBytesConfig, MllamaForConditionalGeneration
 
@@ -40,11 +42,30 @@ def model_source(profile: str | None = None, model_name_or_path: str | None = No
     return MODEL_ID_11B
 
 
+def uses_fsdp() -> bool:
+    """True inside `accelerate launch` with an FSDP config (accelerate sets ACCELERATE_USE_FSDP)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").strip().lower() in ("1", "true", "yes")
+
+
+def device_map():
+    """Where from_pretrained puts the weights: None on CPU and under FSDP (FSDP shards the model itself);
+    on CUDA the whole model on this process's GPU: `{"": local_process_index}` (cuda:0 in a single-process
+    run; under `accelerate launch` / torchrun each data-parallel process loads its own copy on its own GPU)."""
+    if not torch.cuda.is_available() or uses_fsdp():
+        return None
+    from accelerate import PartialState
+
+    return {"": PartialState().local_process_index}
+
+
 def quantization_config(precision: str, skip_modules=DEFAULT_SKIP_MODULES,
-                        threshold: float = 6.0) -> BitsAndBytesConfig | None:
+                        threshold: float = 6.0, fsdp: bool | None = None) -> BitsAndBytesConfig | None:
     """BitsAndBytesConfig for '8bit' (LLM.int8) or '4bit' (nf4); None for 16/32-bit precisions.
 
-    'auto' is the precision `utils.config.choose_setup` picks for this machine.
+    'auto' is the precision `utils.config.choose_setup` picks for this machine. With `fsdp` (default:
+    inside an FSDP `accelerate launch`) 4-bit weights are stored in the compute dtype
+    (`bnb_4bit_quant_storage`) so FSDP can shard them with the 16-bit parameters (QLoRA + FSDP); 8-bit
+    weights cannot be sharded by FSDP at all (use DDP: configs/accelerate/).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -55,8 +76,9 @@ def quantization_config(precision: str, skip_modules=DEFAULT_SKIP_MODULES,
     if precision == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip, llm_int8_threshold=threshold)
     if precision == "4bit":
+        storage = {"bnb_4bit_quant_storage": compute_dtype()} if (uses_fsdp() if fsdp is None else fsdp) else {}
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=compute_dtype(), llm_int8_skip_modules=skip)
+                                  bnb_4bit_compute_dtype=compute_dtype(), llm_int8_skip_modules=skip, **storage)
     return None
 
 
@@ -92,13 +114,12 @@ def load_model(profile: str | None = None, precision: str = "8bit", model_name_o
     precision `utils.config.choose_setup` picks for this machine and profile).
 
     16-bit parts use bf16 (compute capability 8.0+) / fp16 on a GPU and fp32 on CPU; on GPU
-    everything goes to device 0.
+    everything goes to this process's device (`device_map()`: device 0 in a single-process run).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     precision = resolve_precision(precision, profile)
     source = model_source(profile, model_name_or_path)
-    on_gpu = torch.cuda.is_available()
     if precision in ("bf16", "fp16", "fp32"):
         dtype = compute_dtype(precision)
     else:
@@ -111,7 +132,7 @@ def load_model(profile: str | None = None, precision: str = "8bit", model_name_o
     try:
         model = MllamaForConditionalGeneration.from_pretrained(
             source, dtype=dtype, quantization_config=quantization_config(precision, skip_modules, int8_threshold),
-            device_map={"": 0} if on_gpu else None, attn_implementation=attn_implementation, token=get_hf_token(),
+            device_map=device_map(), attn_implementation=attn_implementation, token=get_hf_token(),
         )
     except OSError as err:
         raise _hub_errors(source, err) from err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -13,31 +14,67 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import IntervalStrategy, get_last_checkpoint
 
 from utils.batching import Collator, ModalityBatchSampler
-from utils.config import mixed_precision
+from utils.config import PROFILE_DEFAULTS, TRAIN_DEFAULTS, mixed_precision
+
+
+_D, _T = PROFILE_DEFAULTS["11b"], TRAIN_DEFAULTS
 
 
 @dataclass
 class TrainSettings:
-    """The seed CLI's options (same names) plus checkpointing; defaults follow the seed."""
+    """The seed CLI's options (same names) plus checkpointing. Defaults: the 11b profile's values and
+    utils.config.TRAIN_DEFAULTS (one source: the CLI fills unset flags from the same tables)."""
 
     output_dir: str = "outputs/run"
-    per_device_train_batch_size: int = 2
-    gradient_accumulation_steps: int = 2
-    num_train_epochs: float = 3
-    max_steps: int = -1
-    learning_rate: float = 2e-4
-    max_seq_length: int = 512
-    warmup_ratio: float = 0.03
-    logging_steps: int = 5
-    eval_steps: int = 25
-    save_steps: int = 25
-    save_total_limit: int = 2
-    gradient_checkpointing: bool = True
-    group_by_length: bool = True
-    seed: int = 42
+    per_device_train_batch_size: int = _D["per_device_train_batch_size"]
+    gradient_accumulation_steps: int = _D["gradient_accumulation_steps"]
+    num_train_epochs: float = _D["num_train_epochs"]
+    max_steps: int = _T["max_steps"]
+    learning_rate: float = _D["learning_rate"]
+    max_seq_length: int = _D["max_seq_length"]
+    warmup_ratio: float = _T["warmup_ratio"]
+    logging_steps: int = _T["logging_steps"]
+    eval_steps: int = _T["eval_steps"]
+    save_steps: int = _T["save_steps"]
+    save_total_limit: int = _T["save_total_limit"]
+    gradient_checkpointing: bool = _T["gradient_checkpointing"]
+    group_by_length: bool = _T["group_by_length"]
+    seed: int = _T["seed"]
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def is_main_process() -> bool:
+    """True in a single-process run and in the main process of `accelerate launch` / torchrun."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def fixed_training_arguments() -> dict:
+    """TrainingArguments this project always uses, whatever the entry point (notebook 04, the CLI):
+    mixed precision from the hardware, image paths kept for the collator, no worker processes."""
+    precision = mixed_precision()
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16",
+            "remove_unused_columns": False,  # our rows carry image paths the collator needs
+            "dataloader_num_workers": 0, "dataloader_pin_memory": torch.cuda.is_available(), "report_to": "none"}
+
+
+def cli_training_defaults() -> dict:
+    """Defaults of the CLI's Trainer flags (unset flags; the profile's values come on top): the fixed
+    arguments, TRAIN_DEFAULTS, the token count that gives tokens/s in the logs, and for DDP (only the LoRA
+    parameters train, so only they are all-reduced) `ddp_find_unused_parameters=True`: a text-only batch
+    skips Mllama's cross-attention layers, so their LoRA weights get no gradient in that step (DDP without
+    it stops with "Expected to have finished reduction in the prior iteration")."""
+    return {**fixed_training_arguments(),
+            **{k: TRAIN_DEFAULTS[k] for k in ("lr_scheduler_type", "logging_steps", "eval_steps", "save_steps",
+                                              "save_total_limit", "seed")},
+            "eval_strategy": "steps", "save_strategy": "steps", "ddp_find_unused_parameters": True,
+            "include_num_input_tokens_seen": "non_padding", "disable_tqdm": False,
+            # Several processes without CUDA (torchrun / accelerate launch on a CPU machine, as in the tests):
+            # accelerate sets up gloo data parallelism only when told the run is on CPU.
+            "use_cpu": not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1}
 
 
 def vision_tower(model):
@@ -86,12 +123,14 @@ def prepare_for_training(model, gradient_checkpointing: bool = True):
 
 
 class LossHistoryCallback(TrainerCallback):
-    """Writes every logged train/eval loss to `path` (JSON) as training goes."""
+    """Writes every logged train/eval loss to `path` (JSON) as training goes (main process only)."""
 
     def __init__(self, path):
         self.path = Path(path)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps(loss_history(state.log_history), indent=1))
 
@@ -118,7 +157,8 @@ def loss_history(log_history: list[dict]) -> dict[str, list]:
 
 
 def training_arguments(settings: TrainSettings, has_eval: bool = True) -> TrainingArguments:
-    precision = mixed_precision()
+    """TrainingArguments from TrainSettings (notebook 04 writes the same call out and compares)."""
+    fixed = fixed_training_arguments()
     return TrainingArguments(
         output_dir=settings.output_dir,
         per_device_train_batch_size=settings.per_device_train_batch_size,
@@ -127,7 +167,7 @@ def training_arguments(settings: TrainSettings, has_eval: bool = True) -> Traini
         num_train_epochs=settings.num_train_epochs,
         max_steps=settings.max_steps,
         learning_rate=settings.learning_rate,
-        warmup_steps=settings.warmup_ratio,
+        warmup_steps=settings.warmup_ratio,  # a float below 1 is a share of the steps
         lr_scheduler_type="linear",
         logging_steps=settings.logging_steps,
         eval_strategy="steps" if has_eval else "no",
@@ -135,26 +175,36 @@ def training_arguments(settings: TrainSettings, has_eval: bool = True) -> Traini
         save_strategy="steps",
         save_steps=settings.save_steps,
         save_total_limit=settings.save_total_limit,
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        remove_unused_columns=False,  # our rows carry image paths the collator needs
-        dataloader_num_workers=0,
-        dataloader_pin_memory=torch.cuda.is_available(),
-        report_to="none",
         seed=settings.seed,
         disable_tqdm=False,
+        **fixed,
     )
+
+
+def finish_training_arguments(args: TrainingArguments, has_eval: bool) -> TrainingArguments:
+    """The fixed behaviours on TrainingArguments parsed from the command line: image columns kept, no
+    eval without eval rows, and Trainer's own gradient checkpointing off (build_trainer switches on the
+    non-reentrant form itself, prepare_for_training)."""
+    args.remove_unused_columns = False
+    if not has_eval:
+        args.eval_strategy = IntervalStrategy.NO
+        args.do_eval = False
+    args.activation_checkpointing = args.gradient_checkpointing = False
+    return args
 
 
 class ModalityTrainer(Trainer):
     """Trainer whose train and eval batches are all-image or all-text (utils.batching.modality_batches),
-    grouped by length within a modality for training."""
+    grouped by length within a modality for training. On N processes (accelerate launch) each global
+    batch of N x per-device rows is cut into per-process slices (utils.batching.shard_batches), so the
+    run sees the batches a 1-process run with N times the batch sees. Logs carry tokens/s."""
 
     group_by_length: bool = True
 
     def _modality_loader(self, rows, batch_size: int, shuffle: bool) -> DataLoader:
         sampler = ModalityBatchSampler(rows, batch_size, shuffle=shuffle, seed=self.args.seed,
-                                       group_by_length=self.group_by_length)
+                                       group_by_length=self.group_by_length,
+                                       num_replicas=self.accelerator.num_processes)
         loader = DataLoader(rows, batch_sampler=sampler, collate_fn=self.data_collator,
                             num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)
         return self.accelerator.prepare(loader)
@@ -166,22 +216,40 @@ class ModalityTrainer(Trainer):
         rows = self.eval_dataset if eval_dataset is None or isinstance(eval_dataset, str) else eval_dataset
         return self._modality_loader(rows, self.args.eval_batch_size, shuffle=False)
 
+    def log(self, logs: dict, start_time: float | None = None) -> None:
+        seen = self.state.num_input_tokens_seen - getattr(self, "_initial_num_input_tokens_seen", 0)
+        if "loss" in logs and seen and start_time is not None:
+            logs["tokens_per_second"] = round(seen / max(time.time() - start_time, 1e-9), 1)
+        super().log(logs, start_time)
 
-def build_trainer(model, processor, train_rows: list[dict], eval_rows: list[dict] | None,
-                  settings: TrainSettings, callbacks=(), vision_cache=None) -> Trainer:
+
+def build_trainer(model, processor, train_rows, eval_rows, settings: TrainSettings | TrainingArguments,
+                  callbacks=(), vision_cache=None, gradient_checkpointing: bool | None = None,
+                  group_by_length: bool | None = None) -> Trainer:
     """A Trainer over encoded rows (utils.batching.encode_all); writes loss_history.json in output_dir.
 
+    `settings`: TrainSettings (notebooks, tests) or TrainingArguments parsed by the CLI (then
+    `gradient_checkpointing` and `group_by_length` come as arguments; default on).
     `vision_cache` (utils.vision_cache.VisionFeatureCache, built over the train and eval rows): image
     batches carry the cached projector outputs instead of pixel values (the frozen tower is not run).
     Gradient checkpointing is switched on here (prepare_for_training), not through TrainingArguments,
     so it is always the non-reentrant variant."""
-    prepare_for_training(model, settings.gradient_checkpointing)
-    history = LossHistoryCallback(Path(settings.output_dir) / "loss_history.json")
-    trainer = ModalityTrainer(model=model, args=training_arguments(settings, bool(eval_rows)), train_dataset=train_rows,
-                              eval_dataset=eval_rows or None,
-                              data_collator=Collator(processor, vision_cache=vision_cache),
+    has_eval = eval_rows is not None and len(eval_rows) > 0
+    if isinstance(settings, TrainingArguments):
+        args = finish_training_arguments(settings, has_eval)
+        gc = True if gradient_checkpointing is None else gradient_checkpointing
+        grouped = True if group_by_length is None else group_by_length
+    else:
+        args = training_arguments(settings, has_eval)
+        gc = settings.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
+        grouped = settings.group_by_length if group_by_length is None else group_by_length
+    prepare_for_training(model, gc)
+    history = LossHistoryCallback(Path(args.output_dir) / "loss_history.json")
+    trainer = ModalityTrainer(model=model, args=args, train_dataset=train_rows,
+                              eval_dataset=eval_rows if has_eval else None,
+                              data_collator=Collator(processor, vision_cache=vision_cache), processing_class=processor,
                               callbacks=[history, LogLastStep(), *callbacks])
-    trainer.group_by_length = settings.group_by_length
+    trainer.group_by_length = grouped
     return trainer
 
 
@@ -190,11 +258,14 @@ def last_checkpoint(output_dir) -> str | None:
 
 
 def train(trainer: Trainer, resume: bool = True):
-    """Train, resuming from the newest checkpoint in output_dir when there is one and `resume`."""
+    """Train, resuming from the newest checkpoint in output_dir when there is one and `resume`.
+    Only the main process writes loss_history.json (and prints)."""
     checkpoint = last_checkpoint(trainer.args.output_dir) if resume else None
-    if checkpoint:
+    main = trainer.is_world_process_zero()
+    if checkpoint and main:
         print(f"resuming from {checkpoint}")
     result = trainer.train(resume_from_checkpoint=checkpoint)
-    (Path(trainer.args.output_dir) / "loss_history.json").write_text(
-        json.dumps(loss_history(trainer.state.log_history), indent=1))
+    if main:
+        (Path(trainer.args.output_dir) / "loss_history.json").write_text(
+            json.dumps(loss_history(trainer.state.log_history), indent=1))
     return result
