@@ -201,24 +201,29 @@ def lora_settings(lora: LoraArguments) -> LoraSettings:
 
 
 def split_data(data: DataArguments, seed: int, say=print):
-    """(train examples, eval examples): a seeded shuffle, the eval file (or the sample eval split, or 5%)."""
-    import random
-
+    """(train examples, eval examples) through datasets: every source checked row by row (utils.data.read_any),
+    a seeded `.shuffle`, the eval data (or the sample eval split, or a seeded `.train_test_split` of 5%),
+    `.select` for --max_train_rows."""
+    from utils.batching import example_from_row, examples_dataset
     from utils.data import load_examples
 
-    train = load_examples(data.data_path, skip_bad=data.skip_bad_rows)
-    random.Random(seed).shuffle(train)
+    train = examples_dataset(load_examples(data.data_path, skip_bad=data.skip_bad_rows, split=data.dataset_split))
+    train = train.shuffle(seed=seed)
     if data.eval_data_path:
-        evaluation = load_examples(data.eval_data_path, skip_bad=data.skip_bad_rows)
+        evaluation = examples_dataset(load_examples(data.eval_data_path, skip_bad=data.skip_bad_rows,
+                                                    split=data.eval_dataset_split or data.dataset_split))
     elif Path(data.data_path).resolve() == SAMPLE_TRAIN.resolve():
-        evaluation = load_examples(SAMPLE_EVAL)
-    else:
-        n = max(1, len(train) // 20) if len(train) > 1 else 0
-        evaluation, train = train[:n], train[n:]
+        evaluation = examples_dataset(load_examples(SAMPLE_EVAL))
+    elif len(train) > 1:
+        n = max(1, len(train) // 20)
+        parts = train.train_test_split(test_size=n, seed=seed)
+        train, evaluation = parts["train"], parts["test"]
         say(f"held out {n} of {n + len(train)} rows for eval loss (pass --eval_data_path to choose)")
+    else:
+        evaluation = train.select([])
     if data.max_train_rows:
-        train = train[: data.max_train_rows]
-    return train, evaluation
+        train = train.select(range(min(data.max_train_rows, len(train))))
+    return [example_from_row(r) for r in train], [example_from_row(r) for r in evaluation]
 
 
 def summary_line(steps: int, seconds: float, history: dict, adapter_dir=None) -> str:
@@ -339,13 +344,17 @@ def main(argv=None) -> int:
     except HubAccessError as err:
         return fail(str(err), 3)
     try:
-        train_rows = encode_all(processor, train_examples, data_args.max_seq_length, verbose=main_process)
+        with training_args.main_process_first(desc="tokenizing"):  # the others read its cache (.cache/encoded/)
+            train_rows = encode_all(processor, train_examples, data_args.max_seq_length, verbose=main_process,
+                                    num_proc=data_args.num_proc)
     except ValueError as err:
         return fail(f"{err}: raise --max_seq_length or shorten the answers", 2)
     eval_rows = None
     if eval_examples:
         try:
-            eval_rows = encode_all(processor, eval_examples, data_args.max_seq_length, verbose=main_process)
+            with training_args.main_process_first(desc="tokenizing"):
+                eval_rows = encode_all(processor, eval_examples, data_args.max_seq_length, verbose=main_process,
+                                       num_proc=data_args.num_proc)
         except ValueError as err:
             say(f"warning: eval split: {err}; training without eval loss")
     from transformers import set_seed

@@ -194,3 +194,23 @@ def test_token_lengths_and_recommendation(processor, examples):
     assert {r["lang"] for r in lengths} == {"ko", "en"}
     rec = recommend_max_seq_length(lengths)
     assert rec % 64 == 0 and rec >= max(r["total"] for r in lengths)
+
+
+def test_encode_all_goes_through_a_cached_dataset_and_num_proc_2_gives_the_same_ids(processor, tmp_path,
+                                                                                    monkeypatch):
+    import utils.batching as batching
+
+    examples = load_examples(REPO / "data" / "construction_train.jsonl")[:24] + load_examples(
+        REPO / "data" / "examples" / "chat_format.jsonl")
+    expected = [r for r in (encode(processor, e, 128) for e in examples) if "skip" not in r]
+    one = encode_all(processor, examples, 128, verbose=False, num_proc=1, cache_dir=tmp_path / "one")
+    two = encode_all(processor, examples, 128, verbose=False, num_proc=2, cache_dir=tmp_path / "two")
+    assert one == two == expected
+    assert isinstance(one[:2], list) and one[0].keys() == {"input_ids", "labels", "image", "source", "truncated"}
+    # A rerun reads the cache (.cache/encoded/ by default) instead of tokenizing again.
+    assert list((tmp_path / "one").glob("*.arrow"))
+    monkeypatch.setattr(batching, "encode", lambda *a, **k: pytest.fail("tokenized again"))
+    assert encode_all(processor, examples, 128, verbose=False, num_proc=1, cache_dir=tmp_path / "one") == expected
+    # Another max_seq_length is another cache entry.
+    monkeypatch.undo()
+    assert encode_all(processor, examples, 48, verbose=False, num_proc=1, cache_dir=tmp_path / "one") != expected

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from utils.data import DataError, check_file, load_examples, main, read_jsonl
+from utils.data import DataError, check_file, load_examples, main, read_any, read_jsonl
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGE = REPO / "data" / "images" / "train_sign_00.png"
@@ -161,3 +161,50 @@ def test_check_cli_good_file_still_passes(tmp_path, capsys):
     path = write_lines(tmp_path, [good(), "", good()])
     assert main(["check", str(path)]) == 0
     assert "2 good rows" in capsys.readouterr().out
+
+
+def seed_rows(n=6):
+    lines = (REPO / "data" / "construction_train.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if '"image"' not in line][:n]
+
+
+def test_folder_of_jsonl_files_is_read_file_by_file(tmp_path):
+    folder = tmp_path / "rows"
+    folder.mkdir()
+    write_lines(folder, [good(), good()], "a.jsonl")
+    write_lines(folder, [good(), '{"instruction": "x", "output": 3}'], "b.jsonl")
+    examples, problems = read_any(folder)
+    assert [e.source for e in examples] == ["a.jsonl:1", "a.jsonl:2", "b.jsonl:1"]
+    assert [str(p).split(": [")[0] for p in problems] == [f"{folder / 'b.jsonl'}:2"]
+    assert main(["check", str(folder)]) == 1
+
+
+def test_saved_dataset_rows_get_the_same_checks_named_by_row(tmp_path, capsys):
+    import datasets
+
+    rows = [{**r, "image": None} for r in seed_rows(3)]  # Arrow: a missing image is null in every other row
+    rows[1]["output"] = "  "  # empty answer
+    rows[2]["image"] = "missing.png"
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "saved"))
+    examples, problems = read_any(tmp_path / "saved")
+    assert [e.source for e in examples] == ["saved[train]:row 1"] and not examples[0].images
+    assert [str(p).split(" [")[0] for p in problems] == ["saved[train]:row 2:", "saved[train]:row 3:"]
+    assert "empty answer" in problems[0].reason and "not found" in problems[1].reason
+    assert main(["check", str(tmp_path / "saved")]) == 1
+    assert "saved[train]:row 3: [image] image not found" in capsys.readouterr().out
+
+
+def test_hub_style_dataset_folder_goes_through_load_dataset_and_the_checks(tmp_path):
+    """`datasets.load_dataset(id, split=...)` is the Hub path; a local folder in the Hub's layout exercises it."""
+    import datasets
+
+    hub = tmp_path / "user" / "terms"
+    (hub / "data").mkdir(parents=True)
+    chat = {"messages": [{"role": "user", "content": [{"type": "text", "text": "거푸집?"}]},
+                         {"role": "assistant", "content": [{"type": "text", "text": "formwork"}]}]}
+    datasets.Dataset.from_list([chat] * 3).to_parquet(str(hub / "data" / "train-00000-of-00001.parquet"))
+    (hub / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_files:\n"
+                                   "  - split: train\n    path: data/train-*\n---\n")
+    examples = load_examples(hub, split="train")
+    assert [e.answer for e in examples] == ["formwork"] * 3
+    assert examples[0].source == f"{hub}[train]:row 1"

@@ -81,22 +81,112 @@ def encode(processor, example: Example, max_seq_length: int, date_string: str = 
     return out
 
 
+ENCODE_VERSION = 1  # bump when encode() changes: the token cache (.cache/encoded/) is keyed on it
+
+
+def examples_dataset(examples: list[Example]):
+    """One `datasets.Dataset` with one schema for seed and chat rows: messages whose every content is a list
+    of typed parts ({"type", "text"}; a plain string becomes one text part, so Arrow infers one type), the
+    image paths and the source ("file:line")."""
+    import datasets
+
+    def parts(content):
+        if isinstance(content, str):
+            return [{"type": "text", "text": content}]
+        return [{"type": c["type"], "text": c.get("text")} for c in content]
+
+    rows = {"messages": [[{"role": m["role"], "content": parts(m["content"])} for m in ex.messages] for ex in examples],
+            "images": [[str(p) for p in ex.images] for ex in examples],
+            "source": [ex.source for ex in examples]}
+    features = datasets.Features({
+        "messages": [{"role": datasets.Value("string"),
+                      "content": [{"type": datasets.Value("string"), "text": datasets.Value("string")}]}],
+        "images": [datasets.Value("string")], "source": datasets.Value("string")})
+    return datasets.Dataset.from_dict(rows, features=features)
+
+
+def example_from_row(row: dict) -> Example:
+    """The Example of an examples_dataset row (system content back to a string, as utils.data loads it)."""
+    messages = []
+    for m in row["messages"]:
+        content = [{k: v for k, v in c.items() if v is not None} for c in m["content"]]
+        if m["role"] == "system":
+            content = "".join(c.get("text", "") for c in content)
+        messages.append({"role": m["role"], "content": content})
+    from pathlib import Path
+
+    return Example(messages, [Path(p) for p in row["images"]], row["source"])
+
+
+def _encode_row(row: dict, processor, max_seq_length: int, date_string: str) -> dict:
+    out = encode(processor, example_from_row(row), max_seq_length, date_string)
+    return {"input_ids": out.get("input_ids", []), "labels": out.get("labels", []), "image": out["image"],
+            "source": out["source"], "truncated": out["truncated"], "skip": out.get("skip")}
+
+
+def encode_cache_key(processor, dataset, max_seq_length: int, date_string: str) -> str:
+    """Hash of the rows' content, the tokenizer and chat template, max_seq_length, the pinned date and
+    ENCODE_VERSION: an in-memory Dataset has a random fingerprint, so the cache file is named by this."""
+    import hashlib
+
+    tok = processor.tokenizer
+    digest = hashlib.sha256()
+    import pyarrow as pa
+
+    for batch in dataset.with_format("arrow").iter(batch_size=1000):
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, batch.schema) as writer:
+            writer.write_table(batch)
+        digest.update(sink.getvalue().to_pybytes())
+    template = getattr(processor, "chat_template", None) or getattr(tok, "chat_template", None) or ""
+    for part in (type(tok).__name__, str(getattr(tok, "name_or_path", "")), str(len(tok)), str(template),
+                 str(max_seq_length), date_string, str(ENCODE_VERSION)):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:32]
+
+
+def default_num_proc() -> int:
+    import os
+
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 def encode_all(processor, examples: list[Example], max_seq_length: int, date_string: str = PINNED_DATE,
-               verbose: bool = True) -> list[dict]:
-    """Encode every example; prints how many were truncated or skipped, and why."""
-    encoded, skipped = [], []
-    for ex in examples:
-        row = encode(processor, ex, max_seq_length, date_string)
-        (skipped if "skip" in row else encoded).append(row)
+               verbose: bool = True, num_proc: int | None = None, cache_dir=None) -> list[dict]:
+    """Encode every example through one `datasets.Dataset`: `.map(encode, num_proc)` cached in
+    `cache_dir` (default .cache/encoded/, named by encode_cache_key, so a rerun does not re-tokenize) and
+    `.filter` for rows that cannot fit. Prints how many were truncated or skipped, and why (file:line).
+
+    Returns a list of row dicts (input_ids, labels, image, source, truncated): `len`, `rows[i]`, `rows[:n]`."""
+    from pathlib import Path
+
+    from utils.config import CACHE_DIR
+
+    dataset = examples_dataset(examples)
+    key = encode_cache_key(processor, dataset, max_seq_length, date_string)
+    folder = Path(cache_dir) if cache_dir else CACHE_DIR / "encoded"
+    folder.mkdir(parents=True, exist_ok=True)
+    n = num_proc or default_num_proc()
+    n = max(1, min(n, len(dataset) // 8 or 1))  # a process per handful of rows only
+    encoded = dataset.map(_encode_row, fn_kwargs={"processor": processor, "max_seq_length": max_seq_length,
+                                                  "date_string": date_string},
+                          remove_columns=dataset.column_names, num_proc=n if n > 1 else None,
+                          cache_file_name=str(folder / f"{key}.arrow"), new_fingerprint=key,
+                          desc="tokenizing" if verbose else None)
+    fits = encoded.filter(lambda skip: skip is None, input_columns="skip",
+                          cache_file_name=str(folder / f"{key}-fits.arrow"), new_fingerprint=key + "-fits")
+    skipped = [r for r in encoded.select_columns(["source", "skip"]) if r["skip"] is not None]
+    encoded_rows = [{k: v for k, v in r.items() if k != "skip"} for r in fits]
     if verbose:
-        n_trunc = sum(r["truncated"] for r in encoded)
-        print(f"encoded {len(encoded)} rows (max_seq_length={max_seq_length}): {n_trunc} with a shortened prompt, "
-              f"{len(skipped)} skipped")
+        n_trunc = sum(r["truncated"] for r in encoded_rows)
+        print(f"encoded {len(encoded_rows)} rows (max_seq_length={max_seq_length}): {n_trunc} with a shortened "
+              f"prompt, {len(skipped)} skipped")
         for row in skipped:
             print(f"  skipped {row['source']}: {row['skip']}")
-    if not encoded:
+    if not encoded_rows:
         raise ValueError(f"no row fits max_seq_length={max_seq_length}")
-    return encoded
+    return encoded_rows
 
 
 def modality_batches(rows: list[dict], batch_size: int, shuffle: bool = False, seed: int = 0,

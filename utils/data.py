@@ -28,7 +28,9 @@ class Problem:
     reason: str
 
     def __str__(self) -> str:
-        return f"{self.path}:{self.line}: [{self.field}] {self.reason}"
+        # A row of a saved or Hub dataset is named "name[split]:row N", a JSONL line "file:N".
+        where = f"row {self.line}" if self.path.endswith("]") else str(self.line)
+        return f"{self.path}:{where}: [{self.field}] {self.reason}"
 
 
 @dataclass
@@ -67,7 +69,7 @@ def format_report(problems: list[Problem]) -> str:
 
 def no_rows_message(path, problems: list[Problem]) -> str | None:
     """Why a file with no good rows cannot be used (None when it has some)."""
-    bad = len({p.line for p in problems})
+    bad = len({(p.path, p.line) for p in problems})
     if not bad:
         return f"{path}: no usable rows: the file is empty or has only blank lines"
     return f"{path}: no usable rows: " + ("the only row is bad" if bad == 1 else f"all {bad} rows are bad")
@@ -218,20 +220,89 @@ def read_jsonl(path, max_images: int = MAX_IMAGES_PER_ROW) -> tuple[list[Example
     return examples, problems
 
 
+def _without_nulls(value):
+    """A dataset row as the JSON it came from: Arrow gives every row every column, null where a row had none."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
+def check_rows(rows, name: str, base: Path, max_images: int = MAX_IMAGES_PER_ROW) -> tuple[list[Example], list[Problem]]:
+    """The per-row checks of read_jsonl on rows of a saved or Hub dataset; problems read "name:row N"."""
+    examples, problems = [], []
+    for number, row in enumerate(rows, start=1):
+        where = (name, number)
+        obj = _without_nulls(dict(row)) if isinstance(row, dict) else row
+        if not isinstance(obj, dict):
+            problems.append(Problem(*where, "-", f"each row must be an object, got {_type_name(obj)}"))
+            continue
+        parse = _parse_chat if "messages" in obj else _parse_seed
+        example = parse(obj, base, where, problems, max_images)
+        if example is not None:
+            example.source = f"{name}:row {number}"
+            examples.append(example)
+    return examples, problems
+
+
+def is_saved_dataset(path: Path) -> bool:
+    return path.is_dir() and any((path / name).is_file() for name in ("dataset_info.json", "state.json",
+                                                                       "dataset_dict.json"))
+
+
+def looks_like_hub_id(path: str) -> bool:
+    parts = str(path).split("/")
+    return len(parts) == 2 and all(parts) and not Path(path).exists() and not str(path).endswith(".jsonl")
+
+
+def read_any(path, max_images: int = MAX_IMAGES_PER_ROW, split: str = "train") -> tuple[list[Example], list[Problem]]:
+    """Good examples and every problem of: a JSONL file, a folder of JSONL files (in name order), a dataset
+    saved with `save_to_disk` (a DatasetDict: `split`), another dataset folder or a Hub dataset id
+    (`datasets.load_dataset(id, split=split)`). JSONL goes through the line-numbered checker (pyarrow's JSON
+    errors have no line numbers); dataset rows get the same per-row checks, named "name[split]:row N".
+    Image paths of dataset rows are relative to the dataset folder (the working directory for a Hub id)."""
+    p = Path(path)
+    if p.is_file():
+        return read_jsonl(p, max_images)
+    if p.is_dir() and not is_saved_dataset(p) and sorted(p.glob("*.jsonl")):
+        examples, problems = [], []
+        for file in sorted(p.glob("*.jsonl")):
+            e, q = read_jsonl(file, max_images)
+            examples += e
+            problems += q
+        return examples, problems
+    if not p.is_dir() and not looks_like_hub_id(str(path)):
+        raise FileNotFoundError(f"data not found: {path} (a JSONL file, a folder, a saved dataset or a Hub id user/name)")
+    import datasets
+
+    if is_saved_dataset(p):
+        data = datasets.load_from_disk(str(p))
+        if isinstance(data, datasets.DatasetDict):
+            data = data[split]
+        name, base = f"{p.name}[{split}]", p
+    else:
+        data = datasets.load_dataset(str(path), split=split)
+        name, base = f"{path}[{split}]", p if p.is_dir() else Path.cwd()
+    return check_rows(data, name, base, max_images)
+
+
 def check_file(path, max_images: int = MAX_IMAGES_PER_ROW) -> list[Problem]:
-    return read_jsonl(path, max_images)[1]
+    return read_any(path, max_images)[1]
 
 
-def load_examples(path, skip_bad: bool = False, max_images: int = MAX_IMAGES_PER_ROW) -> list[Example]:
-    """All examples of a file. Bad lines raise DataError, or with skip_bad=True are dropped and reported.
+def load_examples(path, skip_bad: bool = False, max_images: int = MAX_IMAGES_PER_ROW,
+                  split: str = "train") -> list[Example]:
+    """All examples of a JSONL file, a folder of them, a saved dataset or a Hub dataset (read_any). Bad rows
+    raise DataError, or with skip_bad=True are dropped and reported.
 
     A file without a usable row (empty, only blank lines, or every row bad) always raises DataError.
     """
-    examples, problems = read_jsonl(path, max_images)
+    examples, problems = read_any(path, max_images, split)
     if problems and not skip_bad:
         raise DataError(problems)
     if problems:
-        print(f"skip_bad=True: dropped {len({p.line for p in problems})} bad line(s) of {path}:\n{format_report(problems)}")
+        print(f"skip_bad=True: dropped {len({(p.path, p.line) for p in problems})} bad line(s) of {path}:\n{format_report(problems)}")
     if not examples:
         raise DataError(problems, no_rows_message(path, problems))
     return examples
@@ -241,13 +312,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m utils.data", description="Check JSONL training data.")
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="report every bad line (exit 1 if any, or if no row is usable)")
-    check.add_argument("paths", nargs="+")
+    check.add_argument("paths", nargs="+", help="JSONL files, folders of them, saved datasets or Hub ids")
     check.add_argument("--max-images", type=int, default=MAX_IMAGES_PER_ROW)
+    check.add_argument("--split", default="train", help="split of a saved or Hub dataset")
     args = parser.parse_args(argv)
     status = 0
     for path in args.paths:
         try:
-            examples, problems = read_jsonl(path, args.max_images)
+            examples, problems = read_any(path, args.max_images, args.split)
         except FileNotFoundError as err:
             print(err, file=sys.stderr)
             status = 2
@@ -256,7 +328,7 @@ def main(argv=None) -> int:
         if problems:
             print(format_report(problems))
             status = max(status, 1)
-        print(f"{path}: {len(examples)} good rows ({n_img} with an image), {len({p.line for p in problems})} bad")
+        print(f"{path}: {len(examples)} good rows ({n_img} with an image), {len({(p.path, p.line) for p in problems})} bad")
         if not examples:
             print(no_rows_message(path, problems))
             status = max(status, 1)
