@@ -181,7 +181,7 @@ def plot_lora_update(W, A, B, scaling: float, save_to=None):
 
     W, A, B = (torch.as_tensor(x, dtype=torch.float32) for x in (W, A, B))
     delta = scaling * B @ A
-    panels = [("W (frozen)", W), ("B", B), ("A", A), (f"({scaling:g})·B·A, rank {A.shape[0]}", delta),
+    panels = [("W (frozen)", W), ("B", B), ("A", A), (f"(α/r = {scaling:g})·B·A, rank {A.shape[0]}", delta),
               ("W + (α/r)·B·A", W + delta)]
     widths = [W.shape[1], B.shape[1] * 2, W.shape[1], W.shape[1], W.shape[1]]
     fig, axes = plt.subplots(1, 5, figsize=(12, 2.8), gridspec_kw={"width_ratios": widths})
