@@ -282,7 +282,11 @@ def read_any(path, max_images: int = MAX_IMAGES_PER_ROW, split: str = "train") -
             data = data[split]
         name, base = f"{p.name}[{split}]", p
     else:
-        data = datasets.load_dataset(str(path), split=split)
+        try:
+            data = datasets.load_dataset(str(path), split=split)
+        except (FileNotFoundError, ValueError, ConnectionError) as err:  # DatasetNotFoundError is a FileNotFoundError
+            raise FileNotFoundError(f"dataset {path} (split {split!r}) could not be loaded: {type(err).__name__}: "
+                                    f"{err}") from err
         name, base = f"{path}[{split}]", p if p.is_dir() else Path.cwd()
     return check_rows(data, name, base, max_images)
 
