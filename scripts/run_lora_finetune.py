@@ -357,11 +357,8 @@ def main(argv=None) -> int:
                                        num_proc=data_args.num_proc)
         except ValueError as err:
             say(f"warning: eval split: {err}; training without eval loss")
-    from transformers import set_seed
-
-    set_seed(training_args.seed)  # LoRA's A matrices start random: the same seed, the same adapter at step 0
     try:
-        model = add_lora(model, settings)
+        model = add_lora(model, settings, seed=training_args.seed)  # seeded A init: same --seed, same adapter
     except LoraTargetError as err:
         return fail(str(err), 2)
     trainable, total = count_parameters(model)

@@ -41,3 +41,13 @@ def expect_torchvision_backend():
     image_processor = AutoProcessor.from_pretrained(str(tiny_model_dir())).image_processor
     name = type(image_processor).__name__
     assert not name.endswith("Pil"), f"LLAMA_VISION_EXPECT_TORCHVISION=1 but AutoProcessor gave {name}"
+
+
+def sample_rows(processor, n_image: int, n_text: int, max_seq_length: int) -> list[dict]:
+    """The first `n_image` image rows and `n_text` text rows of the sample train set, encoded."""
+    from utils.batching import encode_all
+    from utils.data import load_examples
+
+    examples = load_examples(REPO / "data" / "construction_train.jsonl")
+    picked = [e for e in examples if e.images][:n_image] + [e for e in examples if not e.images][:n_text]
+    return encode_all(processor, picked, max_seq_length, verbose=False)

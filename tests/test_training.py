@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from utils.batching import Collator, encode_all
+from utils.batching import Collator
 from utils.config import LoraSettings
 from utils.data import load_examples
 from utils.export import (SEED_STATE_DICT, export_adapter, load_adapter, max_logit_difference, merge_adapter,
@@ -16,16 +16,14 @@ from utils.lora import SCOPES, LoraTargetError, add_lora, count_parameters, expe
 from utils.modeling import load_model, quantized_layers
 from utils.train import TrainSettings, build_trainer, freeze_vision_tower, train, vision_tower
 
-from .conftest import REPO
+from .conftest import REPO, sample_rows
 
 QKVO = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
 @pytest.fixture(scope="module")
 def rows(processor):
-    examples = load_examples(REPO / "data" / "construction_train.jsonl")
-    picked = [e for e in examples if e.images][:4] + [e for e in examples if not e.images][:12]
-    return encode_all(processor, picked, 128, verbose=False)
+    return sample_rows(processor, 4, 12, 128)
 
 
 def test_8bit_language_model_and_16bit_vision_tower(tiny_dir):

@@ -6,9 +6,8 @@ make the image features invisible to the loss and every comparison here triviall
 import pytest
 import torch
 
-from utils.batching import Collator, encode_all
+from utils.batching import Collator
 from utils.config import LoraSettings
-from utils.data import load_examples
 from utils.lora import add_lora
 from utils.memory import config_11b
 from utils.modeling import load_model
@@ -16,16 +15,14 @@ from utils.train import TrainSettings, build_trainer, train, vision_tower
 from utils.vision_cache import (VisionFeatureCache, cache_is_exact, estimate_bytes, feature_shape,
                                 image_hash)
 
-from .conftest import REPO
+from .conftest import sample_rows
 
 QKVO = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
 @pytest.fixture(scope="module")
 def rows(processor):
-    examples = load_examples(REPO / "data" / "construction_train.jsonl")
-    picked = [e for e in examples if e.images][:4] + [e for e in examples if not e.images][:8]
-    return encode_all(processor, picked, 96, verbose=False)
+    return sample_rows(processor, 4, 8, 96)
 
 
 def lora_model(tiny_dir, precision="fp32", scope="language"):
