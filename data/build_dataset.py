@@ -340,6 +340,41 @@ def write_examples(out, sign, count):
             fh.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
+# ------------------------------------------------------------- tiny profile
+TINY_TERMS = 20  # glossary terms the tiny profile fine-tunes on, each in both translation directions
+TINY_IMAGE_ROWS = 4  # safety-sign rows (short answers): the vision path runs too
+
+
+def other_wording(r):
+    """The same translation question in the other wording of its direction (English <-> Korean instruction)."""
+    kind = r["_kind"]
+    (other,) = [i for i in INSTR[kind] if i != r["instruction"]]
+    return row(kind, other, r["input"], r["output"])
+
+
+def tiny_rows(train, eval_rows, train_terms, eval_terms):
+    """The tiny profile's workshop set: what a 4-layer, 128-wide model can visibly learn in a couple of minutes.
+
+    train: both translation directions of TINY_TERMS training terms (short answers) + TINY_IMAGE_ROWS sign rows.
+    eval: the same terms asked in the other wording (answers seen in training, questions not), translations of
+    held-out terms (answers never seen in fine-tuning; the pre-training corpus has them), and 2 image rows.
+    All rows are copies of rows of construction_{train,eval}.jsonl or their rewording.
+    """
+    rng = random.Random(SEED + 1)  # its own stream: the main files stay as they are
+    short = [t for t in train_terms if len(t["en"].split()) <= 2]
+    terms = {t["en"] for t in rng.sample(short, TINY_TERMS)}
+    pick = [r for r in train if r["_kind"] in ("ko2en", "en2ko") and (r["input"] in terms or r["output"] in terms)]
+    signs = [r for r in train if r["_kind"] == "vision_sign"][:TINY_IMAGE_ROWS]
+    tiny_train = pick + signs
+    rng.shuffle(tiny_train)
+    reworded = [other_wording(r) for r in rng.sample(pick, 12)]
+    new_terms = [r for r in eval_rows if r["_kind"] in ("ko2en", "en2ko")][:8]
+    images = [r for r in eval_rows if r["_kind"] == "vision_sign"][:2]
+    tiny_eval = reworded + new_terms + images
+    rng.shuffle(tiny_eval)
+    return tiny_train, tiny_eval
+
+
 # ---------------------------------------------------------------------- main
 def write_jsonl(path, rows):
     with open(path, "w", encoding="utf-8", newline="\n") as fh:
@@ -388,6 +423,10 @@ def main():
     assert not dup, f"corpus repeats answers verbatim: {dup[:5]}"
     (HERE / "pretrain_corpus.txt").write_text(corpus, encoding="utf-8")
 
+    tiny_train, tiny_eval = tiny_rows(train, ev, train_terms, eval_terms)
+    write_jsonl(HERE / "construction_tiny_train.jsonl", tiny_train)
+    write_jsonl(HERE / "construction_tiny_eval.jsonl", tiny_eval)
+
     by_img = {r.get("image"): r for r in train}
     write_examples(HERE / "examples", by_img["images/train_sign_00.png"],
                    by_img["images/train_count_00.png"])
@@ -398,6 +437,7 @@ def main():
         c = Counter(r["_kind"] for r in rows)
         print(f"{name}: {len(rows)} rows  " + "  ".join(f"{k}={c[k]}" for k in sorted(c)))
     print(f"images: {len(list(IMG_DIR.glob('*.png')))}  corpus paragraphs: {len(paras)}")
+    print(f"tiny profile: train {len(tiny_train)} rows, eval {len(tiny_eval)} rows")
 
 
 if __name__ == "__main__":

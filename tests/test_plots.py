@@ -105,3 +105,40 @@ def test_live_loss_plot_headless(tmp_path):
     cb.on_train_end(None, state, None)
     assert cb.history == {"train": [[5, 2.0]], "eval": [[5, 2.5]]}
     assert (tmp_path / "live.png").exists()
+
+
+def test_loss_chart_names_its_unit_and_shows_perplexity():
+    import math
+
+    from utils.plots import LOSS_LABEL
+
+    fig = plot_losses({"train": [[5, 3.0], [10, 2.0]], "eval": [[0, 4.0], [10, 2.5]]})
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == LOSS_LABEL and "nats" in LOSS_LABEL
+    right = ax.child_axes
+    assert len(right) == 1 and "e^loss" in right[0].get_ylabel()
+    labels = {float(t): lab.get_text() for t, lab in zip(right[0].get_yticks(), right[0].get_yticklabels())}
+    assert labels and all(lab.replace(",", "") == (f"{math.exp(t):.0f}" if t >= 2.5 else f"{math.exp(t):.1f}")
+                          for t, lab in labels.items())
+    assert "4.00 → 2.50" in " ".join(ax.get_legend_handles_labels()[1])  # eval from step 0 to the end
+    # redrawing into the same axes (the live chart) keeps one perplexity axis, not one per redraw
+    plot_losses({"train": [[5, 3.0]], "eval": [[0, 4.0]]}, ax=ax)
+    assert len(ax.child_axes) == 1 and len(fig.axes) == 1
+
+
+def test_plot_before_after_labels_each_bar_with_its_rows(tmp_path):
+    from utils.plots import plot_before_after
+
+    results = {"training rows": {"before": {"n": 4, "exact_match": 0.0, "form_rate": 0.25},
+                                 "after": {"n": 4, "exact_match": 0.75, "form_rate": 1.0}},
+               "held-out, new answer": {"before": {"n": 2, "exact_match": 0.0, "form_rate": 0.0},
+                                        "after": {"n": 2, "exact_match": 0.0, "form_rate": 0.5}},
+               "empty group": {"before": {"n": 0, "exact_match": 0, "form_rate": 0},
+                               "after": {"n": 0, "exact_match": 0, "form_rate": 0}}}
+    fig = plot_before_after(results, save_to=tmp_path / "ba.png")
+    exact, form = fig.axes
+    assert [t.get_text() for t in exact.get_xticklabels()] == ["training rows", "held-out,\nnew answer"]
+    assert [round(p.get_height(), 2) for p in exact.patches] == [0.0, 0.0, 0.75, 0.0]
+    assert sorted(t.get_text() for t in exact.texts) == ["0/2", "0/2", "0/4", "3/4"]
+    assert [round(p.get_height(), 2) for p in form.patches] == [0.25, 0.0, 1.0, 0.5]
+    assert (tmp_path / "ba.png").stat().st_size > 1000

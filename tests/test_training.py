@@ -346,3 +346,44 @@ def test_cli_trains_on_a_hub_style_dataset_folder(tiny_dir, tmp_path):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert "train rows=11 eval rows=1" in done.stdout  # a seeded train_test_split held one row out
     assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
+
+
+def test_answer_positions_loss_and_grads_equal_the_full_logits(tiny_dir, processor, rows):
+    """lm_head only at the positions that predict an answer token: same loss and LoRA gradients as the
+    full (batch, seq, 128k) logits, with a fraction of the rows."""
+    from utils.train import answer_positions_only
+
+    model = add_lora(load_model(model_name_or_path=tiny_dir, precision="fp32"),
+                     LoraSettings(r=4, lora_dropout=0.0, target_modules=QKVO))  # dropout would change B's gradient
+    model.train()
+    for picked in (rows[4:8], rows[:2]):  # a text batch and an image batch
+        batch = Collator(processor)(picked)
+        grads = []
+        for inputs in (batch, answer_positions_only(batch)):
+            model.zero_grad()
+            out = model(**inputs)
+            out.loss.backward()
+            grads.append([None if p.grad is None else p.grad.clone() for p in model.parameters() if p.requires_grad])
+            if inputs is batch:
+                full_loss, full_positions = out.loss.item(), out.logits.shape[1]
+            else:
+                kept_loss, kept_positions = out.loss.item(), out.logits.shape[1]
+        assert kept_loss == pytest.approx(full_loss, rel=1e-5)
+        assert any(g is not None for g in grads[0])
+        assert all((a is None and b is None) or torch.allclose(a, b, atol=1e-6, rtol=1e-4) for a, b in zip(*grads))
+        answer_tokens = int((batch["labels"] != -100).any(0).sum())
+        assert kept_positions == answer_tokens < full_positions
+
+
+def test_answer_positions_keep_the_inputs_without_labels(processor, rows):
+    from utils.train import answer_positions_only
+
+    batch = Collator(processor)(rows[4:6])
+    no_labels = {k: v for k, v in batch.items() if k != "labels"}
+    assert answer_positions_only(no_labels) is no_labels
+    kept = answer_positions_only(batch)
+    # position t predicts token t + 1: the kept labels are the answer tokens, in order, none of them -100 in every row
+    assert kept["shift_labels"].shape == (2, len(kept["logits_to_keep"]))
+    assert (kept["shift_labels"] != -100).any(0).all()
+    assert sorted((batch["labels"][batch["labels"] != -100]).tolist()) == \
+        sorted(kept["shift_labels"][kept["shift_labels"] != -100].tolist())

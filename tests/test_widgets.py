@@ -108,3 +108,21 @@ def test_before_after_viewer_shows_the_chosen_row(tmp_path):
     box.controls["row"].value = 1
     assert "steel" in answers.value and "rebar" in answers.value and cfg["shown_row"] == 1
     assert image.layout.display is None and image.value[:4] == b"\x89PNG"
+
+
+def test_training_panel_writes_cfg_and_calls_back_with_the_four_knobs():
+    from utils.widgets import TRAINING_KNOBS, training_panel, training_text
+
+    cfg = {"max_steps": 150, "learning_rate": 5e-3, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 1}
+    seen = []
+    box = training_panel(cfg, n_rows=44, show=False, on_change=seen.append)
+    assert "150 optimizer steps x 4 rows per step" in box.controls["readout"].value
+    assert "13.6 passes over the 44 training rows" in box.controls["readout"].value
+    assert not seen  # building the panel writes nothing
+    box.controls["max_steps"].value = 40
+    box.controls["learning_rate"].value = 1e-3
+    box.controls["gradient_accumulation_steps"].value = 2
+    assert cfg == {"max_steps": 40, "learning_rate": 1e-3, "per_device_train_batch_size": 4,
+                   "gradient_accumulation_steps": 2}
+    assert seen[-1] == cfg and set(seen[-1]) == set(TRAINING_KNOBS)
+    assert "40 optimizer steps x 8 rows per step" in training_text(cfg)

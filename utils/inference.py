@@ -43,18 +43,52 @@ def normalize(text: str) -> str:
     return re.sub(r"\s+", " ", text.strip().rstrip(".").lower())
 
 
+def script(text: str) -> str:
+    """'ko' (Hangul, no Latin letters), 'en' (Latin letters, no Hangul), 'mixed', or 'other' (digits, symbols)."""
+    hangul, latin = bool(re.search("[\uac00-\ud7a3]", text)), bool(re.search("[A-Za-z]", text))
+    return "mixed" if hangul and latin else "ko" if hangul else "en" if latin else "other"
+
+
+def right_form(answer: str, expected: str, stopped: bool) -> bool:
+    """The answer has the expected answer's form, whatever its content: it ended its turn (<|eot_id|>), is
+    written in the same language (script) and is at most twice as long (+8 characters). A translation
+    question answered by one short term in the target language passes; a paragraph or an empty answer fails."""
+    answer, expected = normalize(answer), normalize(expected)
+    return (stopped and bool(answer) and script(answer) == script(expected)
+            and len(answer) <= 2 * len(expected) + 8)
+
+
+def split_by_answer(examples: list[Example], train_examples: list[Example]) -> dict[str, list[Example]]:
+    """Held-out rows in two groups: "seen answer" (the answer of some training row: a fact the adapter was
+    trained on, asked in words it never saw) and "new answer" (an answer that never occurs in training)."""
+    seen = {normalize(e.answer) for e in train_examples}
+    groups = {"seen answer": [], "new answer": []}
+    for e in examples:
+        groups["seen answer" if normalize(e.answer) in seen else "new answer"].append(e)
+    return groups
+
+
+def spread(examples: list, n: int) -> list:
+    """`n` rows evenly spread over `examples` (all of them when n >= len): a sample that is the same in
+    every run and covers the whole file, not only its first rows."""
+    if n >= len(examples):
+        return list(examples)
+    return [examples[i * len(examples) // n] for i in range(n)]
+
+
 def evaluate_answers(model, processor, examples: list[Example], max_new_tokens: int = 48) -> dict:
-    """Exact match and stop rate of greedy answers on held-out examples, with every row for display."""
+    """Exact match, stop rate and right-form rate (`right_form`) of greedy answers, with every row for display."""
     rows = []
     for ex in examples:
         out = generate_answer(model, processor, ex, max_new_tokens)
         rows.append({"source": ex.source, "prompt": ex.prompt_text.replace(IMAGE_TOKEN, ""),
                      "image": str(ex.images[0]) if ex.images else None, "expected": ex.answer,
                      "answer": out["answer"], "stopped": out["stopped"],
-                     "exact": normalize(out["answer"]) == normalize(ex.answer)})
+                     "exact": normalize(out["answer"]) == normalize(ex.answer),
+                     "form": right_form(out["answer"], ex.answer, out["stopped"])})
     n = max(len(rows), 1)
     return {"exact_match": sum(r["exact"] for r in rows) / n, "stop_rate": sum(r["stopped"] for r in rows) / n,
-            "rows": rows}
+            "form_rate": sum(r["form"] for r in rows) / n, "n": len(rows), "rows": rows}
 
 
 
@@ -91,3 +125,25 @@ def before_after_html(before: dict, after: dict, max_chars: int = 80) -> str:
     return (f"<table><tr><th></th><th>before</th><th>after</th></tr>{summary}</table><br>"
             f"<table style='font-size:90%'>{head}{body}</table>"
             "<small>✓ exact match · ⏹ stopped at &lt;|eot_id|&gt; · … ran to max_new_tokens</small>")
+
+
+METRICS = (("exact_match", "exact match", "{:.0%}"), ("form_rate", "right form", "{:.0%}"),
+           ("eval_loss", "answer loss (nats/token)", "{:.2f}"))
+
+
+def results_table_html(groups: dict) -> str:
+    """One table of notebook 05's results: {group: {"before": evaluate_answers(...) + eval_loss, "after": ...}}
+    -> rows = group x metric, columns base / adapted (k/n for the shares)."""
+    head = "<tr><th>rows</th><th>metric</th><th>base</th><th>adapted</th></tr>"
+    body = []
+    for name, sides in groups.items():
+        n = sides["before"]["n"]
+        for key, label, fmt in METRICS:
+            if key not in sides["before"]:
+                continue
+            cells = []
+            for side in ("before", "after"):
+                v = sides[side][key]
+                cells.append(fmt.format(v) + (f" ({round(v * n)}/{n})" if fmt.endswith("%}") else ""))
+            body.append(f"<tr><td>{html.escape(name)} ({n})</td><td>{label}</td><td>{cells[0]}</td><td>{cells[1]}</td></tr>")
+    return f"<table>{head}{''.join(body)}</table>"

@@ -138,16 +138,26 @@ def smoothing_window(n_points: int) -> int:
     return 1 if n_points < 4 else max(3, n_points // 10)
 
 
+LOSS_LABEL = "loss: cross-entropy per answer token (nats)"
+
+
 def plot_losses(history: dict, ax=None, save_to=None, title: str = "LoRA fine-tuning loss", smooth: int | None = None):
     """Train and eval loss vs optimizer step; `history` is utils.train.loss_history(...) /
     loss_history.json: {"train": [[step, loss], ...], "eval": [[step, loss], ...]}.
 
-    The logged train loss is noisy (one small batch per point): the raw points are drawn faint and their
-    moving average (`smooth` points; default `smoothing_window`) over them as the train line."""
+    The loss is the mean cross-entropy per answer token in nats (the prompt is masked with -100); the right
+    axis shows the same as perplexity, e^loss: "as unsure as a pick among that many tokens". The logged train
+    loss is noisy (the mean over the batches since the last log): the raw points are drawn faint and their
+    moving average (`smooth` points; default `smoothing_window`) over them as the train line. The eval loss is
+    measured on the held-out rows (from step 0 with `eval_on_start`)."""
+    import math
+
     if ax is None:
-        fig, ax = plt.subplots(figsize=(6, 3.2))
+        fig, ax = plt.subplots(figsize=(6.4, 3.4))
     else:
         fig = ax.figure
+        for child in list(ax.child_axes):  # the perplexity axis of the previous draw
+            child.remove()
         ax.clear()
     train = history.get("train") or []
     if train:
@@ -156,19 +166,56 @@ def plot_losses(history: dict, ax=None, save_to=None, title: str = "LoRA fine-tu
         if window > 1:
             ax.plot(steps, losses, color="tab:blue", marker=".", lw=0.8, alpha=0.3, label="train (raw)")
             ax.plot(steps, moving_average(losses, window), color="tab:blue", lw=2,
-                    label=f"train, mean of {window} (last {moving_average(losses, window)[-1]:.3f})")
+                    label=f"train, mean of {window} (last {moving_average(losses, window)[-1]:.2f})")
         else:
-            ax.plot(steps, losses, color="tab:blue", marker=".", label=f"train (last {losses[-1]:.3f})")
+            ax.plot(steps, losses, color="tab:blue", marker=".", label=f"train (last {losses[-1]:.2f})")
     points = history.get("eval") or []
     if points:
         ax.plot([p[0] for p in points], [p[1] for p in points], color="tab:orange", marker="o",
-                label=f"eval (last {points[-1][1]:.3f})")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
+                label=f"eval, held-out rows ({points[0][1]:.2f} → {points[-1][1]:.2f})")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(LOSS_LABEL, fontsize=8)
     ax.set_title(title, fontsize=10)
+    values = [p[1] for p in train + points]
+    if values:
+        ax.set_ylim(0, max(values) * 1.08)
+        right = ax.secondary_yaxis("right", functions=(lambda x: x, lambda x: x))  # same scale, perplexity labels
+        ticks = [t for t in ax.get_yticks() if 0 <= t <= max(values) * 1.08]
+        right.set_yticks(ticks)
+        right.set_yticklabels([f"{math.exp(t):,.0f}" if t >= 2.5 else f"{math.exp(t):.1f}" for t in ticks], fontsize=7)
+        right.set_ylabel("perplexity = e^loss", fontsize=8)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, save_to)
+
+
+# ---------------------------------------------------------------- notebook 05: before and after
+def plot_before_after(results: dict, save_to=None, title: str = "Before and after fine-tuning"):
+    """Grouped bars: exact match and right form (utils.inference.right_form) per group of rows, base vs adapted.
+
+    `results`: {group: {"before": evaluate_answers(...), "after": evaluate_answers(...)}} (notebook 05's
+    `results["groups"]`). Each bar is labelled k/n rows. Returns the Figure."""
+    groups = [g for g in results if results[g]["before"]["n"]]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), sharey=True)
+    for ax, metric, name in ((axes[0], "exact_match", "exact match (content)"),
+                             (axes[1], "form_rate", "right form (language, length, stops)")):
+        for j, (side, color) in enumerate((("before", "#bbbbbb"), ("after", "tab:green"))):
+            xs = [i + (j - 0.5) * 0.38 for i in range(len(groups))]
+            values = [results[g][side][metric] for g in groups]
+            ax.bar(xs, values, width=0.36, color=color, label="base (adapter off)" if side == "before" else "adapted")
+            for x, v, g in zip(xs, values, groups):
+                n = results[g][side]["n"]
+                ax.text(x, v + 0.02, f"{round(v * n)}/{n}", ha="center", fontsize=7)
+        ax.set_xticks(range(len(groups)))
+        ax.set_xticklabels([g.replace(", ", ",\n") for g in groups], fontsize=8)
+        ax.set_ylim(0, 1.12)
+        ax.set_title(name, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("share of rows")
+    axes[0].legend(fontsize=7, loc="upper right")
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, save_to)
 
@@ -235,10 +282,10 @@ class LiveLossPlot(TrainerCallback):
     it only keeps the history and the last figure, and `save_to` gets the final chart at train end.
     """
 
-    def __init__(self, save_to=None, title: str = "LoRA fine-tuning loss (live)"):
+    def __init__(self, save_to=None, title: str = "LoRA fine-tuning loss"):
         self.save_to, self.title = save_to, title
         self.history = {"train": [], "eval": []}
-        self.fig, self.ax = plt.subplots(figsize=(6, 3.2))
+        self.fig, self.ax = plt.subplots(figsize=(6.4, 3.4))
         plt.close(self.fig)  # we display it ourselves, not at the end of the cell
         self.handle = None
 
@@ -257,11 +304,16 @@ class LiveLossPlot(TrainerCallback):
         except ImportError:  # pragma: no cover
             pass
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        # a resumed run starts from the checkpoint's history: draw it at once
+        self.on_log(args, state, control)
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         from utils.train import loss_history
 
         self.history = loss_history(state.log_history)
-        self._redraw()
+        if self.history["train"] or self.history["eval"]:
+            self._redraw()
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.save_to:

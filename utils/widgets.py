@@ -232,6 +232,60 @@ def lora_panel(cfg: dict, models: dict, key: str = "lora", show: bool = True, on
     return box
 
 
+# ---------------------------------------------------------------- notebook 04: the training knobs
+TRAINING_KNOBS = ("max_steps", "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps")
+
+
+def training_text(cfg: dict, n_rows: int | None = None) -> str:
+    """One line: what the knobs mean together (rows per optimizer step, epochs over the data)."""
+    effective = cfg["per_device_train_batch_size"] * cfg["gradient_accumulation_steps"]
+    text = (f"{cfg['max_steps']} optimizer steps x {effective} rows per step "
+            f"({cfg['per_device_train_batch_size']} per forward pass x {cfg['gradient_accumulation_steps']} accumulated)"
+            f" at peak learning rate {cfg['learning_rate']:g}")
+    if n_rows:
+        text += f" = {cfg['max_steps'] * effective / n_rows:.1f} passes over the {n_rows} training rows"
+    return text
+
+
+def training_panel(cfg: dict, n_rows: int | None = None, show: bool = True, on_change=None):
+    """Controls for max_steps, learning_rate, per-device batch size and gradient accumulation that write into
+    `cfg` (notebook 04) and show `training_text`. Returns the widget (None headless).
+    `on_change({knob: value})` runs after each change (notebook 04 writes the run config there)."""
+    if widgets is None:
+        print(f"ipywidgets is not installed: {training_text(cfg, n_rows)}")
+        return None
+    style = {"description_width": "initial"}
+    steps = widgets.IntSlider(value=cfg["max_steps"], min=1, max=max(1000, cfg["max_steps"]), step=1,
+                              description="max_steps", style=style, continuous_update=False)
+    lr = widgets.FloatLogSlider(value=cfg["learning_rate"], base=10, min=-5, max=-1.5, step=0.05,
+                                description="learning_rate", readout_format=".1e", style=style, continuous_update=False)
+    batch = widgets.Dropdown(options=[1, 2, 4, 8, 16], value=cfg["per_device_train_batch_size"],
+                             description="per_device_train_batch_size", style=style)
+    accum = widgets.Dropdown(options=[1, 2, 4, 8], value=cfg["gradient_accumulation_steps"],
+                             description="gradient_accumulation_steps", style=style)
+    readout = widgets.HTML()
+    readout.add_class("training-readout")
+    controls = {"max_steps": steps, "learning_rate": lr, "per_device_train_batch_size": batch,
+                "gradient_accumulation_steps": accum}
+
+    def update(change=None):
+        for knob, w in controls.items():
+            cfg[knob] = float(f"{w.value:.2e}") if knob == "learning_rate" else int(w.value)
+        readout.value = (f"<b>{training_text(cfg, n_rows)}</b><br><small>changed? rerun 4.9 and 4.10 "
+                         "(the settings, TrainingArguments and the training cell read cfg)</small>")
+        if change is not None and on_change is not None:
+            on_change({knob: cfg[knob] for knob in TRAINING_KNOBS})
+
+    for w in controls.values():
+        w.observe(update, names="value")
+    update()
+    box = widgets.VBox([widgets.HBox([steps, lr]), widgets.HBox([batch, accum]), readout])
+    box.controls = {**controls, "readout": readout}
+    if show:
+        display(box)
+    return box
+
+
 # ---------------------------------------------------------------- notebook 05: before / after on one row
 def row_html(expected: str, before: dict, after: dict, prompt: str = "") -> str:
     """Expected, base and adapted answers side by side for one evaluate_answers() row."""
