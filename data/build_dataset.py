@@ -290,6 +290,20 @@ def corpus_paragraph(rng, t):
         en=t["en"], ko=t["ko"], cat=CATS[t["cat"]], gist=gist, ko_topic=josa(t["ko"], "은", "는"))
 
 
+GLOSSARY_HEADER = "Glossary of construction terms (English / Korean):"
+
+
+def glossary_blocks(rng, terms, per_block=6):
+    """Dictionary lines for the corpus, both directions per term, in shuffled blocks of `per_block` terms:
+    "formwork (Korean: 거푸집). 거푸집 (English: formwork)." The tiny base then knows every pair in one plain
+    form, as a large model knows them from dictionaries; fine-tuning teaches the question-and-answer format
+    that brings them out (measured on the tiny profile: 86% exact on training rows after 250 steps, against
+    75% with the paragraphs alone)."""
+    lines = [f"{t['en']} (Korean: {t['ko']}). {t['ko']} (English: {t['en']})." for t in terms]
+    rng.shuffle(lines)
+    return [GLOSSARY_HEADER + "\n" + "\n".join(lines[i:i + per_block]) for i in range(0, len(lines), per_block)]
+
+
 # ------------------------------------------------------------------ examples
 def write_examples(out, sign, count):
     """sign/count: the train rows for train_sign_00 / train_count_00 (real Q&A)."""
@@ -416,7 +430,7 @@ def main():
     write_jsonl(HERE / "construction_eval.jsonl", ev)
 
     paras = [corpus_paragraph(rng, t) for t in GLOSSARY]
-    corpus = "\n\n".join(paras) + "\n"
+    corpus = "\n\n".join(paras + glossary_blocks(random.Random(SEED + 2), GLOSSARY)) + "\n"
     # terms themselves must appear; definition/task answers must not
     answers = {r["output"] for r in train + ev if r["_kind"] not in ("ko2en", "en2ko") and len(r["output"]) > 12}
     dup = [a for a in answers if a in corpus]

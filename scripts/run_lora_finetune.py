@@ -39,6 +39,9 @@ from utils.lora import SCOPES  # noqa: E402
 
 SAMPLE_TRAIN = DATA_DIR / "construction_train.jsonl"
 SAMPLE_EVAL = DATA_DIR / "construction_eval.jsonl"
+# The sample sets and their held-out files (the whole set for the 11b profile, the workshop set for tiny).
+SAMPLE_PAIRS = {SAMPLE_TRAIN: SAMPLE_EVAL,
+                DATA_DIR / "construction_tiny_train.jsonl": DATA_DIR / "construction_tiny_eval.jsonl"}
 SEED_STATE_DICT = "lora_adapter_state_dict.pt"
 
 
@@ -46,7 +49,8 @@ SEED_STATE_DICT = "lora_adapter_state_dict.pt"
 class DataArguments:
     data_path: str = field(default=str(SAMPLE_TRAIN), metadata={
         "help": "training data: a JSONL file (seed or chat format), a folder of JSONL files, a dataset saved "
-                "with save_to_disk, or a Hub dataset id (user/name, with --dataset_split)"})
+                "with save_to_disk, or a Hub dataset id (user/name, with --dataset_split); default: the profile's "
+                "sample set (tiny: data/construction_tiny_train.jsonl)"})
     eval_data_path: str | None = field(default=None, metadata={
         "help": "held-out data (same forms); default: the sample eval split for the sample data, else a seeded "
                 "5%% of data_path"})
@@ -100,7 +104,7 @@ class RunArguments:
 
 DATACLASSES = (DataArguments, ModelArguments, LoraArguments, RunArguments, TrainingArguments)
 # Flag -> key of PROFILE_DEFAULTS[profile] (the lora ones inside its "lora" dict).
-PROFILE_FLAGS = {"per_device_train_batch_size": "per_device_train_batch_size",
+PROFILE_FLAGS = {"data_path": "data_path", "per_device_train_batch_size": "per_device_train_batch_size",
                  "gradient_accumulation_steps": "gradient_accumulation_steps", "max_seq_length": "max_seq_length",
                  "num_train_epochs": "num_train_epochs", "learning_rate": "learning_rate"}
 # Defaults argparse would misread as a string default (the flag's type is bool): set after parsing.
@@ -154,6 +158,7 @@ def profile_flag_defaults(profile: str) -> dict:
 
     d = profile_defaults(profile)
     values = {flag: d[key] for flag, key in PROFILE_FLAGS.items()}
+    values["data_path"] = str(DATA_DIR.parent / values["data_path"])  # the profile's sample set, repo-relative
     values.update({flag: d["lora"][key] for flag, key in PROFILE_LORA_FLAGS.items()})
     values["target_modules"] = ",".join(values["target_modules"])
     values.update({k: v for k, v in cli_training_defaults().items() if k not in AFTER_PARSE})
@@ -212,8 +217,8 @@ def split_data(data: DataArguments, seed: int, say=print):
     if data.eval_data_path:
         evaluation = examples_dataset(load_examples(data.eval_data_path, skip_bad=data.skip_bad_rows,
                                                     split=data.eval_dataset_split or data.dataset_split))
-    elif Path(data.data_path).resolve() == SAMPLE_TRAIN.resolve():
-        evaluation = examples_dataset(load_examples(SAMPLE_EVAL))
+    elif Path(data.data_path).resolve() in SAMPLE_PAIRS:
+        evaluation = examples_dataset(load_examples(SAMPLE_PAIRS[Path(data.data_path).resolve()]))
     elif len(train) > 1:
         n = max(1, len(train) // 20)
         parts = train.train_test_split(test_size=n, seed=seed)

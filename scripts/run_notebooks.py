@@ -2,7 +2,7 @@
 
     python scripts/run_notebooks.py                      # profile from LLAMA_VISION_PROFILE, else auto
     python scripts/run_notebooks.py --profile tiny --only 01,03
-    python scripts/run_notebooks.py --profile tiny --update-readme-images
+    python scripts/run_notebooks.py --profile tiny --fresh --update-readme   # figures + README's before/after table
     python scripts/run_notebooks.py --fresh              # delete OUTPUT_DIR/run first (else training resumes)
     python scripts/run_notebooks.py --only 01 --param train_file=/abs/path/train.jsonl --param max_steps=4
     python scripts/run_notebooks.py --cell-timeout 1200  # seconds one cell may run (default 600)
@@ -147,7 +147,41 @@ def run_series(profile: str = "auto", output_dir: str | Path | None = None, only
         for png in sorted((out / "figures").glob("*.png")):
             shutil.copy2(png, README_IMAGES / png.name)
         log(f"copied {len(list((out / 'figures').glob('*.png')))} figures to {README_IMAGES}")
+        results_file = out / "before_after.json"
+        if profile == "tiny" and results_file.exists():
+            results = json.loads(results_file.read_text(encoding="utf-8"))
+            for readme in (REPO_ROOT / "README.md", REPO_ROOT / "README.ko.md"):
+                if RESULTS_START in readme.read_text(encoding="utf-8"):
+                    log(f"{readme.name}: before/after table {'updated' if update_readme(readme, results) else 'unchanged'}")
     return times
+
+
+RESULTS_START, RESULTS_END = "<!-- tiny-results:start -->", "<!-- tiny-results:end -->"
+
+
+def results_markdown(results: dict) -> str:
+    """README's before/after table from notebook 05's before_after.json (its "groups")."""
+    lines = ["| rows | metric | base | with adapter |", "|---|---|---|---|"]
+    for name, sides in results["groups"].items():
+        n = sides["before"]["n"]
+        for key, label in (("exact_match", "exact match"), ("form_rate", "right form (language, length, stops)")):
+            cells = [f"{sides[s][key]:.0%} ({round(sides[s][key] * n)}/{n})" for s in ("before", "after")]
+            lines.append(f"| {name} ({n}) | {label} | {cells[0]} | {cells[1]} |")
+        lines.append(f"| {name} ({n}) | answer loss (nats per token) | {sides['before']['eval_loss']:.2f} | "
+                     f"{sides['after']['eval_loss']:.2f} |")
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path, results: dict) -> bool:
+    """Replace the table between RESULTS_START and RESULTS_END in `readme`; True when it changed."""
+    text = readme.read_text(encoding="utf-8")
+    if RESULTS_START not in text or RESULTS_END not in text:
+        raise SystemExit(f"{readme}: no {RESULTS_START} ... {RESULTS_END} block to update")
+    head, rest = text.split(RESULTS_START, 1)
+    _, tail = rest.split(RESULTS_END, 1)
+    new = f"{head}{RESULTS_START}\n{results_markdown(results)}\n{RESULTS_END}{tail}"
+    readme.write_text(new, encoding="utf-8")
+    return new != text
 
 
 def parse_param(text: str) -> tuple[str, object]:
@@ -168,7 +202,9 @@ def main(argv=None) -> int:
     parser.add_argument("--output-dir", default=str(REPO_ROOT / "outputs"))
     parser.add_argument("--only", default=None, help="comma-separated notebook numbers, e.g. 01,03")
     parser.add_argument("--fresh", action="store_true", help="delete OUTPUT_DIR/run first so notebook 04 trains from step 0")
-    parser.add_argument("--update-readme-images", action="store_true", help="copy OUTPUT_DIR/figures/*.png to README_IMAGES/")
+    parser.add_argument("--update-readme-images", "--update-readme", action="store_true",
+                        help="copy OUTPUT_DIR/figures/*.png to README_IMAGES/ and (tiny profile) write notebook 05's "
+                             "before/after table into README.md / README.ko.md")
     parser.add_argument("--param", action="append", type=parse_param, default=[], metavar="KEY=VALUE",
                         help="extra notebook parameter (repeatable), e.g. --param max_steps=4")
     parser.add_argument("--cell-timeout", type=int, default=CELL_TIMEOUT,

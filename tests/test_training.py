@@ -387,3 +387,16 @@ def test_answer_positions_keep_the_inputs_without_labels(processor, rows):
     assert (kept["shift_labels"] != -100).any(0).all()
     assert sorted((batch["labels"][batch["labels"] != -100]).tolist()) == \
         sorted(kept["shift_labels"][kept["shift_labels"] != -100].tolist())
+
+
+@torch.no_grad()
+def test_the_image_reaches_the_tiny_models_logits(tiny_dir, processor, rows):
+    """The tiny model's cross-attention gates are open (Mllama starts them at 0, which would make every image
+    invisible): the same text with another picture gives other logits."""
+    model = load_model(model_name_or_path=tiny_dir, precision="fp32").eval()
+    gates = [p.item() for n, p in model.named_parameters() if n.endswith("cross_attn_attn_gate")]
+    assert gates and all(g != 0 for g in gates)
+    image_rows = [r for r in rows if r["image"]]
+    other = dict(image_rows[0], image=next(r["image"] for r in image_rows if r["image"] != image_rows[0]["image"]))
+    logits = model(**Collator(processor)([image_rows[0], other])).logits
+    assert (logits[0] - logits[1]).abs().max() > 1e-3

@@ -20,6 +20,7 @@ from utils.config import PINNED_DATE
 DEFAULT_PRETRAIN_STEPS = 600
 # The first term named in a corpus paragraph (English or Korean), used to phrase a question.
 TERM = re.compile(r"(?:English word|called|term) ([^.,]+?)(?: and|[.,])")
+GLOSSARY_HEADER = "Glossary of construction terms"  # the dictionary blocks data/build_dataset.py appends
 
 
 def corpus_texts(processor, corpus_path: Path) -> list[str]:
@@ -32,6 +33,11 @@ def corpus_texts(processor, corpus_path: Path) -> list[str]:
     paragraphs = [p.strip() for p in Path(corpus_path).read_text(encoding="utf-8").split("\n\n") if p.strip()]
     texts = [processor.tokenizer.bos_token + p for p in paragraphs]
     for i, paragraph in enumerate(paragraphs):
+        if paragraph.startswith(GLOSSARY_HEADER):  # a dictionary block: a chat answer to a request for a list
+            question = "건설 용어를 영어와 한국어로 알려 주세요." if i % 2 else "List some construction terms in English and Korean."
+            messages = [{"role": "user", "content": question}, {"role": "assistant", "content": paragraph}]
+            texts.append(processor.apply_chat_template(messages, tokenize=False, date_string=PINNED_DATE))
+            continue
         term = TERM.search(paragraph)
         question = f"Tell me about {term.group(1)}." if term and i % 2 else "이 건설 용어에 대해 알려 주세요."
         if term and i % 2 == 0:
