@@ -7,6 +7,7 @@
     python scripts/run_notebooks.py --only 01 --param train_file=/abs/path/train.jsonl --param max_steps=4
     python scripts/run_notebooks.py --cell-timeout 1200  # seconds one cell may run (default 600)
 
+On the tiny profile the tiny base model is built first when it is not cached yet (scripts/setup.sh normally did).
 Executed copies go to OUTPUT_DIR/executed/, figures to OUTPUT_DIR/figures/. Exits non-zero
 with the failing notebook and cell when one fails, or when a cell gets no reply within
 --cell-timeout seconds (a headless run never waits forever).
@@ -125,6 +126,26 @@ def fresh_start(out: Path, log=print) -> list[Path]:
     return removed
 
 
+def prebuild_tiny(profile: str, log=print) -> Path | None:
+    """On the tiny profile, build (and pre-train) the tiny base model before the first notebook starts, outside
+    any cell timeout: on a fresh clone that skipped scripts/setup.sh it takes minutes on 2 CPU cores (more than
+    the 600 s cell timeout on a busy machine). Notebook 01's cell 1.4 then finds it. Returns its folder (None on
+    the 11b profile)."""
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    from utils.config import choose_setup
+
+    if choose_setup(profile).profile != "tiny":
+        return None
+    from utils import tiny
+
+    t0 = time.time()
+    path = tiny.tiny_model_dir()
+    if time.time() - t0 > 5:
+        log(f"built the tiny base model in {time.time() - t0:.0f} s: {path}")
+    return path
+
+
 def run_series(profile: str = "auto", output_dir: str | Path | None = None, only=None,
                update_readme_images: bool = False, extra_parameters: dict | None = None,
                fresh: bool = False, log=print, cell_timeout: int | None = CELL_TIMEOUT,
@@ -141,6 +162,7 @@ def run_series(profile: str = "auto", output_dir: str | Path | None = None, only
     out = Path(output_dir or REPO_ROOT / "outputs").resolve()
     if fresh:
         fresh_start(out, log)
+    prebuild_tiny(profile, log)
     executed = out / "executed"
     executed.mkdir(parents=True, exist_ok=True)
     env_before = os.environ.get("MPLBACKEND")

@@ -171,6 +171,18 @@ def test_fresh_start_removes_the_run_folder_and_the_run_config(tmp_path):
     assert fresh_start(tmp_path, log=logged.append) == []  # nothing left to remove
 
 
+def test_the_runner_builds_the_tiny_base_before_the_first_cell(monkeypatch):
+    """A fresh clone without setup.sh: the build must not run inside notebook 01's cell timeout."""
+    from run_notebooks import prebuild_tiny
+
+    from utils import tiny
+
+    calls = []
+    monkeypatch.setattr(tiny, "tiny_model_dir", lambda: calls.append(1) or Path("/cache/tiny"))
+    assert prebuild_tiny("tiny", log=lambda *a: None) == Path("/cache/tiny") and calls == [1]
+    assert prebuild_tiny("11b", log=lambda *a: None) is None and calls == [1]  # nothing to build for the Hub model
+
+
 def requirement_names(path: Path) -> set[str]:
     """Package names in a requirements file, following `-r other.txt` includes."""
     names = set()
