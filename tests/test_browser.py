@@ -3,8 +3,9 @@
 Starts JupyterLab on 127.0.0.1 with a token-less config in a temp dir, opens each notebook (copies in a temp
 workspace, so nothing is saved into the repo), runs all cells on the tiny profile (LLAMA_VISION_PROFILE=tiny) and
 checks: no error output, the widgets render (no "Error displaying widget"), moving the 01 slider changes the
-truncation readout, moving the 03 r slider changes the LoRA numbers, and the 02 fit widget changes its verdict
-when the GPU changes. Every wait has a timeout, the whole test has a deadline, and the server is always killed.
+truncation readout, moving the 03 r slider changes the LoRA numbers, the 03 LoRA panel refuses a choice that cannot
+train (no target, then only fc1 with scope language) and writes nothing to the run config, and the 02 fit widget
+starts at the reference plan and changes its verdict when the GPU changes. Every wait has a timeout, the whole test has a deadline, and the server is always killed.
 
 Needs `jupyterlab` and `playwright` (requirements.txt) and `apt-get install chromium` (.ci/run does it); no browser
 download. Missing pieces skip the test locally and fail it under CI.
@@ -211,6 +212,12 @@ def _labelled(page, kind: str, label: str):
     return page.locator(f".{kind}").filter(has=page.locator(".widget-label", has_text=re.compile(rf"^{label}$")))
 
 
+def _checkbox(page, label: str):
+    """The input of an ipywidgets Checkbox with description `label` (indent=False: the description is a span)."""
+    box = page.locator(".widget-checkbox").filter(has=page.locator("span", has_text=re.compile(rf"^{label}$")))
+    return box.locator("input[type=checkbox]").first
+
+
 def test_notebooks_run_and_widgets_work_in_jupyterlab(browser_ready, tmp_path):
     from playwright.sync_api import sync_playwright
 
@@ -236,7 +243,7 @@ def test_notebooks_run_and_widgets_work_in_jupyterlab(browser_ready, tmp_path):
                             before = _text(readout)
                             _set_slider(page, page.locator(".widget-slider").first, 96)
                             after = _changed(page, readout, before, "01: the truncation readout to change", deadline)
-                            assert "max_seq_length=96" in after, after
+                            assert "max_seq_length=96" in after and "rerun the chart cell in 1.6 and 1.8" in after, after
                             def slider_saved():  # the kernel writes the run config after redrawing
                                 config = json.loads((ws / "outputs/run_config.json").read_text())
                                 return config["max_seq_length"] == 96
@@ -245,6 +252,8 @@ def test_notebooks_run_and_widgets_work_in_jupyterlab(browser_ready, tmp_path):
                         elif name.startswith("02"):
                             verdict = page.locator(".fit-verdict")
                             assert "A100 80 GB: fits" in _text(verdict)
+                            assert _labelled(page, "widget-slider", "batch size").locator(".widget-readout").first \
+                                .inner_text() == "2"  # the reference plan (2.3), not the tiny profile's batch 4
                             _labelled(page, "widget-dropdown", "GPU").locator("select").select_option(label="T4 16 GB")
                             after = _changed(page, verdict, _text(verdict), "02: the fit verdict to change", deadline)
                             assert "T4 16 GB: does not fit" in after, after
@@ -253,6 +262,20 @@ def test_notebooks_run_and_widgets_work_in_jupyterlab(browser_ready, tmp_path):
                             before = _text(numbers)
                             _set_slider(page, _labelled(page, "widget-slider", "r"), 4)
                             _changed(page, numbers, before, "03: the LoRA numbers to change", deadline)
+                            # Uncheck every target (the last valid choice is down_proj alone), then check fc1, a
+                            # vision-tower layer that scope "language" does not reach: both refused, nothing saved.
+                            status = page.locator(".lora-status")
+                            for target in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"):
+                                _checkbox(page, target).uncheck()
+                            _wait(page, "03: the panel to refuse an empty target list",
+                                  lambda: "no target module is checked" in _text(status), 30, deadline, 0.5)
+                            _checkbox(page, "fc1").check()
+                            refusal = _wait(page, "03: the panel to refuse fc1 with scope language",
+                                            lambda: (lambda t: t if "match no layer" in t else None)(_text(status)),
+                                            30, deadline, 0.5)
+                            assert "fc1" in refusal and "Not used, not saved" in refusal, refusal
+                            config = json.loads((ws / "outputs/run_config.json").read_text())
+                            assert (config["target_modules"], config["lora_rank"]) == (["down_proj"], 4), config
                         elif name.startswith("05"):
                             assert page.locator(".before-after-row").count() >= 1
                         page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.shutdown()")

@@ -49,3 +49,39 @@ def test_relative_output_dir_is_relative_to_the_notebooks_folder(tmp_path):
     (tmp_path / "notebooks").mkdir()
     assert output_path("../outputs", tmp_path / "notebooks") == tmp_path / "outputs"
     assert output_path(str(tmp_path / "abs")) == tmp_path / "abs"
+
+
+def test_reset_run_config_forgets_what_a_rehearsal_saved(tmp_path, monkeypatch, capsys):
+    """Issue 14: a rehearsal's lora_rank=64 and 4-bit precision must not reach the next Run All."""
+    monkeypatch.delenv("LLAMA_VISION_PRECISION", raising=False)
+    update_run_config(tmp_path, "02_load_8bit_and_memory", model="tiny", precision="4bit")
+    update_run_config(tmp_path, "03_lora_configuration", lora_rank=64)
+    cfg, _, _, setup = setup_notebook("tiny", "auto", str(tmp_path), "03", versions=False)  # default: kept
+    assert setup.precision == "4bit" and json.loads((tmp_path / "run_config.json").read_text())["lora_rank"] == 64
+    cfg, _, _, setup = setup_notebook("tiny", "auto", str(tmp_path), "03", versions=False, reset_run_config=True)
+    assert setup.precision == "8bit" and not (tmp_path / "run_config.json").exists()
+    assert "reset_run_config=True: deleted" in capsys.readouterr().out
+    values, sources = resolve(tmp_path, {"lora_rank": None}, defaults={"lora_rank": 16}, show=False)
+    assert values == {"lora_rank": 16} and sources == {"lora_rank": "default"}
+    setup_notebook("tiny", "auto", str(tmp_path), "03", versions=False, reset_run_config=True)  # nothing to delete
+    assert "nothing to delete" in capsys.readouterr().out
+
+
+def test_describe_prints_the_used_settings_with_their_meaning(capsys):
+    from utils.config import profile_defaults
+    from utils.modeling import QUANTIZATION_FIELDS, quantization_config
+    from utils.notebook_setup import describe
+
+    cfg = {"profile": "tiny", "precision": "8bit", "output_dir": "/x/outputs", **profile_defaults("tiny")}
+    cfg["max_seq_length"] = 128
+    describe(cfg, ["profile", "max_seq_length", "lora"])
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0] == "this notebook uses:"
+    assert "max_seq_length  128" in out and "longest row in tokens" in out
+    assert "256" not in out and "learning_rate" not in out  # only the keys asked for
+    assert "r=16, alpha=32 (scale 2)" in out and "{" not in out  # the LoRA dict on one line, no repr
+    assert len(lines) <= 6
+    describe(quantization_config("8bit"), QUANTIZATION_FIELDS["8bit"], title="BitsAndBytesConfig")
+    out = capsys.readouterr().out
+    assert "llm_int8_threshold" in out and "6.0" in out and "bnb_4bit" not in out and "_load_in_4bit" not in out

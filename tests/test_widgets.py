@@ -26,13 +26,13 @@ def test_lora_panel_writes_cfg_and_updates_numbers():
     cfg = {"lora": profile_defaults("tiny")["lora"]}
     model = build_tiny_model()
     box = lora_panel(cfg, {"tiny": model}, show=False)
-    before = box.children[-1].value
+    before = box.table.value
     box.controls["r"].value = 4
     box.controls["gate_proj"].value = False
     box.controls["scope"].value = "cross_attention"
     assert cfg["lora"]["r"] == 4 and "gate_proj" not in cfg["lora"]["target_modules"]
     assert cfg["lora"]["scope"] == "cross_attention"
-    assert box.children[-1].value != before
+    assert box.table.value != before
 
 
 def test_lora_numbers_match_peft():
@@ -126,3 +126,71 @@ def test_training_panel_writes_cfg_and_calls_back_with_the_four_knobs():
                    "gradient_accumulation_steps": 2}
     assert seen[-1] == cfg and set(seen[-1]) == set(TRAINING_KNOBS)
     assert "40 optimizer steps x 8 rows per step" in training_text(cfg)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    return build_tiny_model()
+
+
+def test_lora_panel_refuses_targets_that_match_no_layer(tiny_model):
+    """Issue 14: fc1 (a vision-tower layer) with scope language matches nothing; notebook 04 would raise
+    LoraTargetError. The panel says why and neither cfg nor the run config (on_change) gets the choice."""
+    cfg, seen = {"lora": profile_defaults("tiny")["lora"]}, []
+    box = lora_panel(cfg, {"tiny": tiny_model, "11B (meta)": meta_model()}, show=False,
+                     on_change=lambda lora: seen.append(dict(lora)), rerun="3.3 and 3.4")
+    c = box.controls
+    c["fc1"].value = True  # q,k,v,o,gate,up,down + fc1: valid, fc1 ignored in this scope
+    assert "fc1" in seen[-1]["target_modules"] and "fc1: no such layer" in box.status.value
+    assert "rerun 3.3 and 3.4" in box.status.value
+    for name in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj"):
+        c[name].value = False
+    last_valid = dict(cfg["lora"], target_modules=list(cfg["lora"]["target_modules"]))
+    assert last_valid["target_modules"] == ["down_proj", "fc1"]
+    n_saved = len(seen)
+    c["down_proj"].value = False  # fc1 alone, scope language: nothing to adapt
+    assert "lora-refusal" in box.status.value and "match no layer" in box.status.value
+    assert "fc1" in box.status.value and "language" in box.status.value
+    assert cfg["lora"] == last_valid and len(seen) == n_saved  # nothing written
+    c["r"].value = 2  # still refused: the choice as a whole cannot train
+    assert cfg["lora"]["r"] == last_valid["r"] and len(seen) == n_saved
+    c["scope"].value = "language_vision"  # now fc1 exists: accepted, written
+    assert seen[-1]["target_modules"] == ["fc1"] and seen[-1]["scope"] == "language_vision" and seen[-1]["r"] == 2
+    assert "lora-refusal" not in box.status.value
+
+
+def test_lora_panel_refuses_unchecking_every_target(tiny_model):
+    cfg, seen = {"lora": dict(profile_defaults("tiny")["lora"], target_modules=["q_proj", "v_proj"])}, []
+    box = lora_panel(cfg, {"tiny": tiny_model}, show=False, on_change=lambda lora: seen.append(dict(lora)))
+    box.controls["q_proj"].value = False
+    assert seen[-1]["target_modules"] == ["v_proj"]
+    table = box.table.value
+    box.controls["v_proj"].value = False
+    assert "no target module is checked" in box.status.value and "lora-refusal" in box.status.value
+    assert cfg["lora"]["target_modules"] == ["v_proj"] and len(seen) == 1  # the last valid list, said so
+    assert "target_modules=v_proj" in box.status.value
+    assert box.table.value == table  # the numbers of what is kept
+
+
+def test_fit_widget_starts_at_the_11b_reference_plan_not_the_tiny_settings():
+    from utils.config import REFERENCE_BATCH_SIZE, REFERENCE_SEQ_LEN, planned_peak_gib
+    from utils.widgets import fit_widget
+
+    cfg = {"precision": "8bit", **profile_defaults("tiny")}  # batch 4, 256 tokens, r=16 on the tiny profile
+    box = fit_widget(cfg, show=False)
+    start = cfg["fit_check"]
+    assert (start["batch_size"], start["max_seq_length"], start["r"], start["tiles"]) == (
+        REFERENCE_BATCH_SIZE, REFERENCE_SEQ_LEN, 8, 4)
+    assert start["planned_gib"] == pytest.approx(planned_peak_gib("11b", "8bit"), abs=0.01)  # notebook 02's 2.3
+    assert box.controls["batch_size"].value == REFERENCE_BATCH_SIZE and box.controls["r"].value == 8
+
+
+def test_slider_saves_its_chart_and_names_the_cells_to_rerun(tmp_path):
+    cfg = {"max_seq_length": 64}
+    box = max_seq_length_slider(cfg, LENGTHS, show=False, save_to=tmp_path / "truncation.png", rerun="1.6 and 1.8")
+    assert (tmp_path / "truncation.png").stat().st_size > 1000
+    assert "rerun" not in box.controls["label"].value  # nothing changed yet
+    before = (tmp_path / "truncation.png").read_bytes()
+    box.controls["slider"].value = 32
+    assert "rerun 1.6 and 1.8" in box.controls["label"].value and "was 64" in box.controls["label"].value
+    assert (tmp_path / "truncation.png").read_bytes() != before  # redrawn at 32

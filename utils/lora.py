@@ -73,6 +73,32 @@ def add_lora(model, settings: LoraSettings, seed: int | None = 0):
         return get_peft_model(model, lora_config(model, settings))
 
 
+def without_lora(model):
+    """`model` with every LoRA layer taken out again (nothing merged) and peft's marker removed, so that
+    get_peft_model can run on it a second time (rerunning notebook 03's cell) without stacking a second
+    PEFT wrapper over the first. Takes a PeftModel (returns its base model) or a base model that a
+    get_peft_model call already changed in place; a plain model comes back unchanged. Base weights stay
+    frozen (get_peft_model freezes them again anyway)."""
+    from peft import PeftModel
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    if isinstance(model, PeftModel):
+        return model.unload()
+    for name, module in list(model.named_modules()):
+        if isinstance(module, BaseTunerLayer) and name:
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, module.get_base_layer())
+    if hasattr(model, "peft_config"):
+        del model.peft_config
+    return model
+
+
+def trainable_summary(model) -> str:
+    """One line: trainable parameters of `model` (count_parameters), of how many, and the percentage."""
+    trainable, total = count_parameters(model)
+    return f"trainable parameters: {trainable:,} of {total:,} ({trainable / total:.2%})"
+
+
 def _n_values(p) -> int:
     """Weights a parameter holds. bitsandbytes Params4bit packs two 4-bit values per byte of its
     storage (uint8 by default), so its numel() is half the real count; its quant_state keeps the

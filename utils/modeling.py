@@ -58,6 +58,15 @@ def device_map():
     return {"": PartialState().local_process_index}
 
 
+# The BitsAndBytesConfig fields each mode reads (the config also carries every other mode's defaults):
+# what notebook 02 shows instead of the whole repr.
+QUANTIZATION_FIELDS = {
+    "8bit": ("load_in_8bit", "llm_int8_threshold", "llm_int8_skip_modules"),
+    "4bit": ("load_in_4bit", "bnb_4bit_quant_type", "bnb_4bit_use_double_quant", "bnb_4bit_compute_dtype",
+             "llm_int8_skip_modules"),
+}
+
+
 def quantization_config(precision: str, skip_modules=DEFAULT_SKIP_MODULES,
                         threshold: float = 6.0, fsdp: bool | None = None) -> BitsAndBytesConfig | None:
     """BitsAndBytesConfig for '8bit' (LLM.int8) or '4bit' (nf4); None for 16/32-bit precisions.

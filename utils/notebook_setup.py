@@ -5,7 +5,12 @@
 prints the library versions and the GPU, picks profile and precision with
 `utils.config.choose_setup` (a precision chosen in notebook 02 is taken from the run config when
 the parameter is "auto"), resolves the output folder and returns the notebook's `cfg` (the profile's
-defaults, which parameters and widgets change).
+defaults, which parameters and widgets change). `reset_run_config=True` first deletes the run config,
+so nothing a rehearsal chose (a panel's r, a slider's max_seq_length) reaches this run.
+
+    describe(cfg, ["profile", "precision", "max_seq_length"])
+
+prints the few settings a notebook uses, one line each with what it means (instead of the whole `cfg`).
 """
 
 from __future__ import annotations
@@ -13,10 +18,11 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from utils.config import choose_setup, profile_defaults
-from utils.run_config import read_run_config
+from utils.run_config import KEYS, clear_run_config, read_run_config, run_config_path
 
 
 def find_root(start=None) -> Path:
@@ -45,19 +51,31 @@ def print_versions() -> None:
 
 
 def setup_notebook(profile: str = "auto", precision: str = "auto", output_dir="../outputs", notebook: str = "",
-                   versions: bool = True):
+                   versions: bool = True, reset_run_config: bool = False):
     """(cfg, OUT, FIG, setup) for a notebook; prints versions, the setup line and where the precision came from.
 
     precision "auto" (or None) with LLAMA_VISION_PRECISION unset takes the run config's precision when the
     run config was written for the same profile (notebook 02 writes both), else `choose_setup` decides.
+    `reset_run_config=True` deletes OUT/run_config.json first (and says so): every setting then comes from the
+    parameters and the profile defaults, as in a fresh clone.
     """
     # On CPU, bitsandbytes logs "MatMul8bitLt: inputs will be cast ... to float16" at every 8-bit matmul: expected.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    # peft's get_peft_model asks transformers 5 for is_gradient_checkpointing, which warns about its new name
+    # (is_activation_checkpointing) at every call: not something a learner can act on.
+    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*deprecated", category=FutureWarning)
     if versions:
         print_versions()
     OUT = output_path(output_dir)
     FIG = OUT / "figures"
     FIG.mkdir(parents=True, exist_ok=True)
+    if reset_run_config:
+        path = run_config_path(OUT)
+        if clear_run_config(OUT):
+            print(f"reset_run_config=True: deleted {path}; the choices of earlier runs (data files, "
+                  "max_seq_length, precision, LoRA) are forgotten")
+        else:
+            print(f"reset_run_config=True: nothing to delete ({path} does not exist yet)")
     setup = choose_setup(profile, precision)
     run = read_run_config(OUT)
     env_precision = os.environ.get("LLAMA_VISION_PRECISION", "").strip().lower() not in ("", "auto")
@@ -71,6 +89,67 @@ def setup_notebook(profile: str = "auto", precision: str = "auto", output_dir=".
     cfg = {"profile": setup.profile, "precision": setup.precision, "output_dir": str(OUT), "notebook": notebook,
            **profile_defaults(setup.profile)}
     return cfg, OUT, FIG, setup
+
+
+# What each setting means, for describe(): cfg's keys, LoraConfig's and BitsAndBytesConfig's fields, and the
+# run config's keys (utils.run_config.KEYS).
+MEANINGS = {**KEYS,
+    "profile": "the model: tiny (offline, CPU) or 11b (meta-llama/Llama-3.2-11B-Vision-Instruct)",
+    "precision": "the base weights: 8bit (LLM.int8), 4bit (nf4), bf16 or fp32",
+    "output_dir": "every notebook reads and writes here",
+    "max_seq_length": "longest row in tokens (prompt + answer); longer prompts are shortened",
+    "per_device_train_batch_size": "rows per training step",
+    "gradient_accumulation_steps": "steps summed into one optimizer update",
+    "max_steps": "optimizer updates in training (-1: whole epochs)",
+    "num_train_epochs": "passes over the training rows (when max_steps is -1)",
+    "learning_rate": "peak learning rate of the adapter",
+    "max_train_rows": "training rows used (None: all)",
+    "max_eval_rows": "held-out rows for the eval loss (None: all)",
+    "lora": "LoRA: rank r, alpha (the update is scaled by alpha / r), dropout, target modules, scope",
+    "r": "LoRA rank: A is r x in_features, B is out_features x r",
+    "lora_alpha": "the update B·A is scaled by lora_alpha / r",
+    "lora_dropout": "dropout on the adapter's input",
+    "target_modules": "the Linear layers that get adapters (short names; in LoraConfig a regex over full names)",
+    "bias": "base biases stay frozen (none)",
+    "task_type": "the loss: next-token prediction on the language model's output",
+    "load_in_8bit": "LLM.int8: Linear weights in int8, one scale per output row",
+    "load_in_4bit": "nf4: Linear weights in 4 bits, one scale per block",
+    "llm_int8_threshold": "input columns with any |x| above this are multiplied in 16-bit (the outliers)",
+    "llm_int8_skip_modules": "kept in 16-bit (each name in both forms: transformers 5 matches from the start)",
+    "bnb_4bit_quant_type": "the 4-bit number format",
+    "bnb_4bit_use_double_quant": "the block scales are quantized too",
+    "bnb_4bit_compute_dtype": "4-bit weights are unpacked to this dtype for each matmul",
+}
+
+
+def _shown(value) -> str:
+    """A value as a person reads it: lists comma-joined, a LoRA dict on one line, floats without trailing noise."""
+    if isinstance(value, dict) and "r" in value and "target_modules" in value:
+        return (f"r={value['r']}, alpha={value.get('lora_alpha')} (scale {value.get('lora_alpha', 0) / value['r']:g}), "
+                f"dropout {value.get('lora_dropout', 0):g}, on {','.join(value['target_modules'])} "
+                f"in scope {value.get('scope', 'language')}")
+    if isinstance(value, (list, tuple, set)):
+        return ", ".join(map(str, value))
+    return str(getattr(value, "value", value))  # enums (peft's TaskType) by their value
+
+
+def describe(settings, keys, title: str | None = "this notebook uses") -> None:
+    """Print `keys` of `settings` (a dict such as cfg, or a config object such as LoraConfig or
+    BitsAndBytesConfig: its attributes), one line each: name, value and what it means (MEANINGS).
+    A readable stand-in for showing a whole dict or a 45-field repr. Used by every notebook after setup."""
+    def get(key):
+        return settings[key] if isinstance(settings, dict) else getattr(settings, key)
+
+    rows = [(key, _shown(get(key)), MEANINGS.get(key, "")) for key in keys]
+    width = max((len(k) for k, _, _ in rows), default=0)
+    value_width = max((len(v) for _, v, _ in rows if len(v) <= 40), default=0)
+    lines = [f"{title}:"] if title else []
+    for key, value, meaning in rows:
+        if len(value) > value_width and meaning:  # a long value (a path, a module list): its meaning below it
+            lines += [f"  {key:{width}s}  {value}", f"  {'':{width}s}  {'':{value_width}s}  {meaning}"]
+        else:
+            lines.append(f"  {key:{width}s}  {value:{value_width}s}  {meaning}".rstrip())
+    print("\n".join(lines))
 
 
 def in_colab() -> bool:

@@ -1,43 +1,174 @@
-"""Charts the notebooks and README_IMAGES/ show (one function per chart type)."""
+"""Charts the notebooks and README_IMAGES/ show (one function per chart type; each returns its Figure and
+saves it with `save_to`). Figures with Korean text call `cjk_font()` first."""
 
 from __future__ import annotations
+
+import contextlib
+import textwrap
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 from transformers import TrainerCallback
 
 from utils.memory import GROUPS
 
+# ---------------------------------------------------------------- Korean text in figures
+# Fonts with Hangul, in order of preference: Debian's fonts-noto-cjk (scripts/setup.sh, .ci/run and the Colab
+# cell install it; its .ttc files hold the KR face), then what Windows, macOS and other Linux systems ship.
+CJK_FONTS = ("Noto Sans CJK KR", "Noto Sans KR", "Noto Sans CJK JP", "Noto Serif CJK KR", "NanumGothic",
+             "Malgun Gothic", "Apple SD Gothic Neo", "AppleGothic", "Source Han Sans KR", "UnDotum")
+_CJK_FILE_HINTS = ("cjk", "nanum", "malgun", "gothic", "notosanskr", "sourcehan", "undotum")
+CJK_MISSING = ("note: no font with Korean glyphs is installed for matplotlib, so figures leave the Korean text out "
+               "(it is printed instead). Install one with `apt-get install -y fonts-noto-cjk` (scripts/setup.sh and "
+               "the Colab cell do) and restart the kernel.")
+_cjk_scanned = False
+
+
+def cjk_font(candidates=CJK_FONTS, quiet: bool = False) -> str | None:
+    """The first installed font of `candidates` that has Hangul, made matplotlib's fallback after DejaVu Sans
+    (rcParams["font.family"]), so Korean text in any later figure renders; None when there is none, with a
+    printed note (CJK_MISSING) unless `quiet`. Fonts installed after matplotlib cached its font list (by
+    setup.sh or the Colab cell) are found by scanning the system font folders once. Notebook 01 calls it
+    through plot_samples; call it before any figure with Korean text."""
+    global _cjk_scanned
+    from matplotlib import font_manager
+
+    def first_installed():
+        names = {f.name for f in font_manager.fontManager.ttflist}
+        return next((name for name in candidates if name in names), None)
+
+    found = first_installed()
+    if found is None and not _cjk_scanned:
+        _cjk_scanned = True
+        for path in font_manager.findSystemFonts():
+            if any(hint in Path(path).name.lower() for hint in _CJK_FILE_HINTS):
+                with contextlib.suppress(Exception):  # a font file matplotlib cannot read: skip it
+                    font_manager.fontManager.addfont(path)
+        found = first_installed()
+    if found is None:
+        if not quiet:
+            print(CJK_MISSING)
+        return None
+    plt.rcParams["font.family"] = ["DejaVu Sans", found]  # Latin from DejaVu Sans, Hangul from `found`
+    return found
+
+
+def has_hangul(text: str) -> bool:
+    return any("\uac00" <= ch <= "\ud7a3" or "\u1100" <= ch <= "\u11ff" or "\u3130" <= ch <= "\u318f" for ch in text)
+
+
+def _cells(text: str) -> int:
+    """Display width: a Hangul (or other wide East Asian) character takes two cells, a Latin one one."""
+    import unicodedata
+
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def _lines(text: str, width: int, max_lines: int) -> str:
+    """`text` wrapped at spaces to `width` cells (_cells), at most `max_lines` lines (the last ends in … when cut)."""
+    lines, line = [], ""
+    for word in text.split():
+        while _cells(word) > width:  # a word longer than a line: split it
+            cut = next(i for i in range(len(word), 0, -1) if _cells(word[:i]) <= width)
+            if line:
+                lines.append(line)
+                line = ""
+            lines.append(word[:cut])
+            word = word[cut:]
+        if line and _cells(line + " " + word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    lines.append(line)
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        lines[-1] = lines[-1].rstrip() + " …"
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- notebook 01: samples
+def plot_samples(examples, n: int = 4, save_to=None, width: int = 30):
+    """Up to `n` rows with an image (utils.data.Example): each picture with its source line (file:line) and,
+    under it, the question and the answer the model is trained on. Korean text needs a CJK font (`cjk_font`);
+    without one a row's Korean question/answer is printed instead of drawn. Returns the Figure, or None when
+    no row has an image (a text-only data set). Taught in notebook 01."""
+    from PIL import Image
+
+    rows = [e for e in examples if e.images][:n]
+    if not rows:
+        return None
+    font = cjk_font()
+    fig, axes = plt.subplots(1, len(rows), figsize=(2.6 * len(rows), 3.9), squeeze=False)
+    for ax, ex in zip(axes[0], rows):
+        with Image.open(ex.images[0]) as img:
+            ax.imshow(img.convert("RGB"))
+        ax.set_title(ex.source, fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        text = f"Q: {_lines(ex.prompt_text, width, 3)}\nA: {_lines(ex.answer, width, 2)}"
+        if font is None and has_hangul(text):
+            print(f"{ex.source}: Q: {ex.prompt_text} -> A: {ex.answer}")
+            text = "(Korean text: printed above)"
+        ax.text(0.0, -0.04, text, transform=ax.transAxes, va="top", ha="left", fontsize=9, linespacing=1.3)
+    fig.suptitle(f"{len(rows)} training rows with an image: the question and the trained answer under each",
+                 fontsize=10)
+    fig.subplots_adjust(left=0.02, right=0.98, top=0.84, bottom=0.3, wspace=0.15)
+    return _save(fig, save_to, tight=False)
+
 GROUP_LABELS = {"vision_model": "vision tower", "multi_modal_projector": "projector",
                 "language_linear": "text decoder Linear", "embed_tokens": "embed_tokens",
                 "language_other": "norms, gates", "lm_head": "lm_head", "quant_state": "quant. scales"}
 
-def plot_memory_plan(plan_rows: dict[str, dict[str, int]], ax=None, save_to=None):
-    """Horizontal stacked bars (GiB) of weight memory per group, one bar per precision.
+def plot_memory_plan(plan_rows: dict[str, dict[str, int]], ax=None, save_to=None,
+                     model_name: str = "Llama 3.2 11B Vision-Instruct", gpus: dict[str, float] | None = None):
+    """Horizontal stacked bars (GiB) of weight memory per group, one bar per precision, with a dashed
+    vertical line per GPU (`gpus`: {name: GiB}, default utils.widgets.GPUS: the cards of notebook 02's fit
+    widget). Weights only: training needs more (the fit widget plans that).
 
     `plan_rows`: {label: plan_load_memory(...)}, e.g. utils.memory.memory_plan_rows(). Returns the Figure.
     """
+    if gpus is None:
+        from utils.widgets import GPUS
+
+        gpus = {name: gib for name, gib in GPUS.items() if not name.startswith("H100")}  # same memory as the A100 80 GB
     if ax is None:
-        fig, ax = plt.subplots(figsize=(7, 3.5))
+        fig, ax = plt.subplots(figsize=(8, 4))
     else:
         fig = ax.figure
     labels = list(plan_rows)
+    groups = [g for g in GROUPS + ("quant_state",) if any(plan_rows[k].get(g, 0) for k in labels)]
+    largest = {g: max(plan_rows[k].get(g, 0) for k in labels) / 2**30 for g in groups}
+    biggest_total = max(sum(plan_rows[k].get(g, 0) for g in groups) for k in labels) / 2**30
+    thin = [g for g in groups if largest[g] < 0.01 * biggest_total]  # too thin to see as a colour
     left = [0.0] * len(labels)
-    for group in GROUPS + ("quant_state",):
+    for group in groups:
         widths = [plan_rows[k].get(group, 0) / 2**30 for k in labels]
-        if any(widths):
+        if group in thin:
+            ax.barh(labels, widths, left=left, color="0.5")
+        else:
             ax.barh(labels, widths, left=left, label=GROUP_LABELS[group])
-            left = [a + b for a, b in zip(left, widths)]
+        left = [a + b for a, b in zip(left, widths)]
+    if thin:  # one legend entry that says why they cannot be seen
+        ax.barh([labels[0]], [0], color="0.5", label=f"{', '.join(GROUP_LABELS[g] for g in thin)}\n"
+                                                     f"(each under {max(largest[g] for g in thin):.2f} GiB)")
     for y, total in enumerate(left):
-        ax.text(total, y, f" {total:.1f}", va="center", fontsize=8)
+        ax.text(total, y, f" {total:.1f}", va="center", fontsize=8,
+                bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5})
     ax.invert_yaxis()
-    ax.set_xlabel("GiB")
-    ax.set_xlim(0, max(left) * 1.15)
-    ax.set_title("Weight memory by precision")
-    ax.legend(fontsize=7, loc="lower right")
+    top = max(max(left), *gpus.values()) * 1.06
+    for name, gib in gpus.items():  # the cards, labelled along their line so close ones do not collide
+        ax.axvline(gib, color="0.35", ls="--", lw=0.9, zorder=0)
+        ax.text(gib - top * 0.004, -0.6, f"{name}\n{gib:g} GiB", ha="right", va="bottom", rotation=90, fontsize=7,
+                color="0.25", linespacing=1.1)
+    ax.set_ylim(len(labels) - 0.5, -2.7)  # room above the bars for the GPU names
+    ax.set_xlabel("GiB of weights (dashed lines: GPU memory of the cards in the fit widget)")
+    ax.set_xlim(0, top)
+    ax.set_title(f"{model_name}: weight memory by precision", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, title="part of the model",
+              title_fontsize=7)
     fig.tight_layout()
-    if save_to:
-        fig.savefig(save_to, dpi=120)
-    return fig
+    return _save(fig, save_to)
 
 
 # ---------------------------------------------------------------- notebook 01: token lengths
@@ -45,12 +176,10 @@ LANG_COLORS = {"ko": "tab:orange", "en": "tab:blue"}
 LANG_NAMES = {"ko": "Korean", "en": "English"}
 
 
-def _save(fig, save_to):
+def _save(fig, save_to, tight: bool = False):
     if save_to:
-        from pathlib import Path
-
         Path(save_to).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(save_to, dpi=120)
+        fig.savefig(save_to, dpi=120, **({"bbox_inches": "tight"} if tight else {}))
     return fig
 
 
@@ -221,26 +350,81 @@ def plot_before_after(results: dict, save_to=None, title: str = "Before and afte
 
 
 # ---------------------------------------------------------------- notebook 03: the LoRA update
-def plot_lora_update(W, A, B, scaling: float, save_to=None):
-    """Heatmaps of the LoRA update of one Linear: W (out x in, frozen), B (out x r), A (r x in),
-    delta = scaling * B @ A (rank r) and W + delta (what the layer computes with). Returns the Figure."""
-    import torch
+def plot_lora_update(A, B, scaling: float, W=None, max_size: int = 32, title: str | None = None, save_to=None):
+    """The LoRA update of one Linear layer as heatmaps on ONE colour scale (with a colorbar), written as the
+    equation it is: W + (alpha/r) · B × A = W + ΔW, and ΔW = (alpha/r)·B·A alone (rank r). A (r x in) is drawn
+    short and B (out x r) thin, at their true shapes.
 
-    W, A, B = (torch.as_tensor(x, dtype=torch.float32) for x in (W, A, B))
-    delta = scaling * B @ A
-    panels = [("W (frozen)", W), ("B", B), ("A", A), (f"(α/r = {scaling:g})·B·A, rank {A.shape[0]}", delta),
-              ("W + (α/r)·B·A", W + delta)]
-    widths = [W.shape[1], B.shape[1] * 2, W.shape[1], W.shape[1], W.shape[1]]
-    fig, axes = plt.subplots(1, 5, figsize=(12, 2.8), gridspec_kw={"width_ratios": widths})
-    vmax = max(float(W.abs().max()), float((W + delta).abs().max()))
-    for ax, (name, mat) in zip(axes, panels):
-        lim = vmax if mat is not A and mat is not B else float(mat.abs().max()) or 1.0
-        ax.imshow(mat.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
-        ax.set_title(f"{name}\n{tuple(mat.shape)}", fontsize=8)
+    A, B: the adapter's matrices, torch tensors or arrays of any size, dtype and device (peft's
+    `lora_A.default.weight` is r x in, `lora_B.default.weight` is out x r); W: the frozen weight (out x in), or
+    None to draw only (alpha/r) · B × A = ΔW (e.g. a trained adapter over an 8-bit W). Matrices larger than
+    `max_size` are shown by their first `max_size` rows/columns (ΔW's window is computed with the full rank).
+    Taught in notebook 03 (a toy); notebook 05 draws a trained adapter with it. Returns the Figure; its
+    `lora_axes` maps "W", "B", "A", "W + ΔW", "ΔW" to their axes, `lora_colorbar` is the one colour scale.
+    """
+    import numpy as np
+    import torch
+    from matplotlib.colors import Normalize
+
+    def as_matrix(x):
+        return torch.as_tensor(x).detach().to("cpu", torch.float32)
+
+    A, B = as_matrix(A), as_matrix(B)
+    r, n_in = A.shape
+    n_out = B.shape[0]
+    if B.shape[1] != r or (W is not None and tuple(W.shape) != (n_out, n_in)):
+        raise ValueError(f"shapes do not fit W + B @ A: A {tuple(A.shape)}, B {tuple(B.shape)}"
+                         + (f", W {tuple(W.shape)}" if W is not None else ""))
+    k_out, k_in, k_r = min(n_out, max_size), min(n_in, max_size), min(r, max_size)
+    delta = scaling * B[:k_out] @ A[:, :k_in]  # the shown window of the full-rank product
+    panels = {"B": B[:k_out, :k_r], "A": A[:k_r, :k_in], "ΔW": delta}
+    if W is not None:
+        W = as_matrix(W)[:k_out, :k_in]
+        panels = {"W": W, **panels, "W + ΔW": W + delta}
+    vmax = max(float(m.abs().max()) for m in panels.values()) or 1.0
+    norm = Normalize(-vmax, vmax)
+
+    op = max(k_in, k_out) * 0.45  # width of an operator column, in matrix cells
+    if W is not None:  # W + (α/r)·B × A = W + ΔW   ΔW
+        layout = [("W", k_in), ("+ (α/r) ·", op), ("B", k_r), ("×", op * 0.5), ("A", k_in), ("=", op * 0.5),
+                  ("W + ΔW", k_in), ("where", op * 0.6), ("ΔW", k_in)]
+    else:  # (α/r) · B × A = ΔW
+        layout = [("(α/r) ·", op), ("B", k_r), ("×", op * 0.5), ("A", k_in), ("=", op * 0.5), ("ΔW", k_in)]
+    widths = [max(w, 0.6) for _, w in layout] + [max(k_in, k_out) * 0.08]
+    fig = plt.figure(figsize=(13 if W is not None else 9, 3.6))
+    grid = fig.add_gridspec(1, len(widths), width_ratios=widths, wspace=0.08, left=0.01, right=0.93, top=0.74,
+                            bottom=0.06)
+    shapes = {"W": (n_out, n_in), "B": (n_out, r), "A": (r, n_in), "ΔW": (n_out, n_in), "W + ΔW": (n_out, n_in)}
+    names = {"W": "W (frozen)", "B": "B (trained)", "A": "A (trained)", "W + ΔW": "W + ΔW\n(what the layer uses)",
+             "ΔW": f"ΔW = (α/r)·B·A\nrank {r}"}
+    fig.lora_axes = {}
+    image = None
+    for i, (name, _) in enumerate(layout):
+        ax = fig.add_subplot(grid[0, i])
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle("LoRA: the frozen W plus a rank-r update; only A and B train", fontsize=10)
-    fig.tight_layout()
+        if name not in panels:  # an operator between the panels
+            ax.axis("off")
+            ax.text(0.5, 0.5, name, ha="center", va="center", fontsize=11 if name == "where" else 16,
+                    color="0.3" if name == "where" else "black")
+            if name.startswith(("+", "(")):
+                ax.text(0.5, 0.3, f"α/r = {scaling:g}", ha="center", va="center", fontsize=10, color="0.3")
+            continue
+        image = ax.imshow(np.asarray(panels[name]), cmap="RdBu_r", norm=norm, aspect="equal",
+                          interpolation="nearest")
+        rows, cols = shapes[name]
+        ax.set_title(f"{names[name]}\n{rows} × {cols}", fontsize=10)
+        fig.lora_axes[name] = ax
+    cax = fig.add_subplot(grid[0, -1])
+    fig.lora_colorbar = fig.colorbar(image, cax=cax)
+    cax.tick_params(labelsize=8)
+    cax.locator_params(nbins=5)
+    cax.set_box_aspect(6)
+    cropped = n_out > k_out or n_in > k_in or r > k_r
+    fig.suptitle((title or "LoRA: the frozen W plus a rank-r update; only A and B train")
+                 + (f"\n(first {k_out} rows × {k_in} columns of {n_out} × {n_in}"
+                    + (f", first {k_r} of rank {r}" if r > k_r else "") + ")" if cropped else "")
+                 + "\none colour scale for every panel", fontsize=11)
     return _save(fig, save_to)
 
 

@@ -58,6 +58,16 @@ def update_run_config(out_dir, set_by: str, **values) -> dict:
     return config
 
 
+def clear_run_config(out_dir) -> bool:
+    """Delete the run config of `out_dir` (a rehearsal's choices must not reach the next run); True when one
+    was there. Used by `setup_notebook(..., reset_run_config=True)` and `scripts/run_notebooks.py --fresh`."""
+    path = run_config_path(out_dir)
+    if not path.is_file():
+        return False
+    path.unlink()
+    return True
+
+
 def cli_arguments(config: dict) -> list[str]:
     """The run config as command-line flags for scripts/run_lora_finetune.py."""
     args = []

@@ -2,7 +2,7 @@
 
 Every panel reads its defaults from a plain config dict (`cfg`, built in the notebook's
 parameters section) and writes each change back into the same dict, so Run All with no clicks
-uses the defaults, and a headless run (papermill, scripts) works without ipywidgets: the
+uses the defaults, and a headless run (scripts/run_notebooks.py) works without ipywidgets: the
 `*_panel` functions then return None and only print the current values.
 """
 
@@ -31,9 +31,11 @@ def truncation_text(lengths: list[dict], max_seq_length: int) -> str:
 
 
 def max_seq_length_slider(cfg: dict, lengths: list[dict], key: str = "max_seq_length", show: bool = True,
-                          on_change=None):
-    """A slider for cfg[key] that redraws utils.plots.plot_truncation and a one-line readout; returns the
-    widget (None headless). `on_change(value)` runs after each move (notebook 01 writes the run config there)."""
+                          on_change=None, save_to=None, rerun: str = ""):
+    """A slider for cfg[key] that redraws utils.plots.plot_truncation (saved to `save_to` at every move) and a
+    one-line readout; returns the widget (None headless). `on_change(value)` runs after each move (notebook 01
+    writes the run config there); `rerun` names the cells that read cfg[key] and must be run again after a move
+    (the readout says so once the value changed)."""
     import matplotlib.pyplot as plt
 
     from utils.plots import plot_truncation
@@ -48,12 +50,16 @@ def max_seq_length_slider(cfg: dict, lengths: list[dict], key: str = "max_seq_le
     label.add_class("truncation-readout")
     out = widgets.Output()
 
+    start = cfg[key]
+
     def redraw(change=None):
         cfg[key] = slider.value
-        label.value = f"<b>{truncation_text(lengths, slider.value)}</b>"
+        note = (f" · {key} is now {slider.value} (was {start}): rerun {rerun} to use it there"
+                if rerun and slider.value != start else "")
+        label.value = f"<b>{truncation_text(lengths, slider.value)}</b>{note}"
         with out:
             out.clear_output(wait=True)
-            fig = plot_truncation(lengths, slider.value)
+            fig = plot_truncation(lengths, slider.value, save_to=save_to)
             display(fig)
             plt.close(fig)
         if change is not None and on_change is not None:
@@ -118,13 +124,22 @@ def fit_html(check: dict) -> str:
             f'Parts (GiB): {", ".join(f"{k} {v}" for k, v in check["parts_gib"].items())}</small>')
 
 
-def fit_widget(cfg: dict, key: str = "fit_check", show: bool = True):
+def reference_fit_start() -> dict:
+    """Where the fit widget starts: the 11B reference plan notebook 02 prints just before it (8-bit, batch 2 x
+    512 tokens + 1 image of 4 tiles, LoRA r=8: utils.config.REFERENCE_*, LoraSettings()), on this machine's card
+    (an A100 80 GB without one). Not the tiny profile's training values: the widget plans the 11B model."""
+    from utils.config import REFERENCE_BATCH_SIZE, REFERENCE_SEQ_LEN
+
+    return dict(gpu=default_gpu(), precision="8bit", batch_size=REFERENCE_BATCH_SIZE, max_seq_length=REFERENCE_SEQ_LEN,
+                tiles=4, r=LoraSettings().r)
+
+
+def fit_widget(cfg: dict, key: str = "fit_check", show: bool = True, start: dict | None = None):
     """"Will it fit on my GPU?": GPU, precision, batch size, max_seq_length, image tiles and LoRA r, with the
-    planned peak as a bar against the card. Defaults from cfg; each change writes cfg[key] (fit_check's dict).
-    Returns the widget (None headless: cfg[key] is the check at the defaults)."""
-    precision = cfg.get("precision") if cfg.get("precision") in ("8bit", "4bit", "bf16") else "8bit"
-    start = dict(gpu=default_gpu(), precision=precision, batch_size=int(cfg.get("per_device_train_batch_size", 2)),
-                 max_seq_length=int(cfg.get("max_seq_length", 512)), tiles=4, r=int(cfg.get("lora", {}).get("r", 8)))
+    planned peak of the 11B model as a bar against the card. Starts at `reference_fit_start()` (fields in
+    `start` override it); each change writes cfg[key] (fit_check's dict). Returns the widget (None headless:
+    cfg[key] is the check at the start values)."""
+    start = {**reference_fit_start(), **(start or {})}
     cfg[key] = fit_check(**start)
     if widgets is None:
         print(f"ipywidgets is not installed: {fit_html(cfg[key])}")
@@ -188,12 +203,40 @@ def settings_from_cfg(lora_cfg: dict) -> LoraSettings:
     return LoraSettings(**{k: v for k, v in lora_cfg.items() if k in known})
 
 
-def lora_panel(cfg: dict, models: dict, key: str = "lora", show: bool = True, on_change=None):
+def lora_choice_problem(settings: LoraSettings, models: dict) -> str | None:
+    """Why `settings` cannot train (None when it can): no target module checked, or target modules that match
+    no layer of a model in `models` ({label: model}) in that scope, which utils.lora.lora_config (notebook 04,
+    the command line) refuses with LoraTargetError."""
+    if not settings.target_modules:
+        return "no target module is checked"
+    empty = [label for label, model in models.items() if not matching_modules(model, settings)]
+    if empty:
+        return (f"target_modules {', '.join(settings.target_modules)} with scope {settings.scope!r} match no layer "
+                f"of {' or '.join(empty)}")
+    return None
+
+
+def unmatched_targets(model, settings: LoraSettings) -> list[str]:
+    """The checked target modules that match no layer of `model` in this scope (ignored by peft)."""
+    return [name for name in settings.target_modules
+            if not matching_modules(model, LoraSettings(target_modules=[name], scope=settings.scope))]
+
+
+def lora_summary(lora_cfg: dict) -> str:
+    """cfg["lora"] in one line: r, alpha, dropout, targets, scope."""
+    return (f"r={lora_cfg['r']}, lora_alpha={lora_cfg['lora_alpha']}, lora_dropout={lora_cfg['lora_dropout']:g}, "
+            f"target_modules={','.join(lora_cfg['target_modules']) or '(none)'}, scope={lora_cfg.get('scope', 'language')}")
+
+
+def lora_panel(cfg: dict, models: dict, key: str = "lora", show: bool = True, on_change=None, rerun: str = ""):
     """Sliders/checkboxes for r, lora_alpha, lora_dropout, target_modules and scope that write into
     cfg[key] and show live lora_numbers() for each model in `models` ({label: model}).
 
-    Returns the widget (None headless). A choice that matches nothing shows the error instead of numbers.
-    `on_change(cfg[key])` runs after each change (notebook 03 writes the run config there).
+    A choice that cannot train (no target checked, or targets that match no layer in the scope:
+    `lora_choice_problem`) is refused: the panel says why, and neither cfg[key] nor `on_change` sees it,
+    so the run config keeps the last valid choice. `on_change(cfg[key])` runs after each accepted change
+    (notebook 03 writes the run config there); `rerun` names the cells that read cfg[key] (shown after a
+    change). Returns the widget (None headless).
     """
     lora_cfg = cfg[key]
     if widgets is None:
@@ -209,24 +252,42 @@ def lora_panel(cfg: dict, models: dict, key: str = "lora", show: bool = True, on
                for name in ALL_TARGETS}
     table = widgets.HTML()
     table.add_class("lora-numbers")
+    status = widgets.HTML()
+    status.add_class("lora-status")
+    first_model = next(iter(models.values()))
 
     def update(change=None):
-        lora_cfg.update(r=r.value, lora_alpha=alpha.value, lora_dropout=round(dropout.value, 3), scope=scope.value,
-                        target_modules=[n for n, box in targets.items() if box.value])
-        settings = settings_from_cfg(lora_cfg)
-        if not settings.target_modules:
-            table.value = "<b>pick at least one target module</b>"
+        chosen = dict(lora_cfg, r=r.value, lora_alpha=alpha.value, lora_dropout=round(dropout.value, 3),
+                      scope=scope.value, target_modules=[n for n, box in targets.items() if box.value])
+        problem = lora_choice_problem(settings_from_cfg(chosen), models)
+        if problem:
+            status.value = (f'<div class="lora-refusal" style="color:#c00"><b>Not used, not saved:</b> {problem}. '
+                            f'cfg["{key}"] and the run config keep the last valid choice ({lora_summary(lora_cfg)}); '
+                            'check a target module that exists in this scope.</div>')
+            if not table.value:  # a refused start value: show what is kept
+                table.value = lora_table_html({label: lora_numbers(m, settings_from_cfg(lora_cfg))
+                                               for label, m in models.items()})
             return
+        lora_cfg.update(chosen)
+        settings = settings_from_cfg(lora_cfg)
         table.value = lora_table_html({label: lora_numbers(m, settings) for label, m in models.items()})
-        if change is not None and on_change is not None:
+        unused = unmatched_targets(first_model, settings)
+        note = (f"<br>{', '.join(unused)}: no such layer in scope {settings.scope!r}, ignored" if unused else "")
+        if change is None:
+            status.value = f"<small>{lora_summary(lora_cfg)}{note}</small>"
+            return
+        if on_change is not None:
             on_change(lora_cfg)
+        again = f"; rerun {rerun} to use it in this notebook" if rerun else ""
+        status.value = f"<small>{'saved' if on_change else 'now'}: {lora_summary(lora_cfg)}{again}{note}</small>"
 
     for w in (r, alpha, dropout, scope, *targets.values()):
         w.observe(update, names="value")
     update()
     box = widgets.VBox([widgets.HBox([r, alpha]), widgets.HBox([dropout, scope]),
-                        widgets.HBox(list(targets.values())), table])
+                        widgets.HBox(list(targets.values())), table, status])
     box.controls = {"r": r, "lora_alpha": alpha, "lora_dropout": dropout, "scope": scope, **targets}
+    box.table, box.status = table, status
     if show:
         display(box)
     return box
