@@ -105,3 +105,15 @@ def test_load_model_auto_precision_on_cpu(monkeypatch, tiny_dir):
     monkeypatch.setattr(utils.config, "gpu_memory_gib", lambda: 0.0)
     model = load_model(model_name_or_path=tiny_dir, precision="auto")
     assert any(type(m).__name__ == "Linear8bitLt" for m in model.modules())
+
+
+def test_memory_line_is_one_readable_line(monkeypatch):
+    import utils.modeling as modeling
+
+    monkeypatch.setattr(modeling, "memory_readout", lambda model=None: {
+        "process_rss_gib": 1.234, "model_footprint_gib": 0.1234, "gpu_allocated_gib": 12.0, "gpu_peak_gib": 15.8,
+        "gpu_total_gib": 79.2})
+    line = modeling.memory_line(object())
+    assert line == ("memory: model 0.12 GiB | process 1.23 GiB of RAM | GPU 12.00 GiB in use, peak 15.80 of 79.2 GiB")
+    monkeypatch.setattr(modeling, "memory_readout", lambda model=None: {"process_rss_gib": 2.0})
+    assert modeling.memory_line() == "memory: process 2.00 GiB of RAM"

@@ -65,7 +65,10 @@ def python_source(cell_source: str) -> str:
     return "\n".join(re.sub(r"^(\s*)[!%].*$", r"\1pass", line) for line in cell_source.splitlines())
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+SOLUTIONS = REPO / "notebooks" / "solutions.ipynb"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS + [SOLUTIONS], ids=lambda p: p.name)
 def test_notebook_is_clean_and_well_formed(path):
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
@@ -83,6 +86,11 @@ def test_notebook_is_clean_and_well_formed(path):
     assert len(tagged) == 1 and tagged[0].cell_type == "code"
     assert 'profile = "auto"' in tagged[0].source and 'output_dir = "../outputs"' in tagged[0].source
     assert BADGE + path.name in nb.cells[0].source
+    if path == SOLUTIONS:  # one section per notebook, each exercise worked out
+        headings = [c.source.splitlines()[0] for c in nb.cells if c.cell_type == "markdown"]
+        for number in ("01", "02", "03", "04", "05"):
+            assert any(h.startswith(f"## {number} ") for h in headings), number
+        return
     tail = "\n".join(c.source for c in nb.cells[-3:] if c.cell_type == "markdown")
     for heading in ("## Summary", "## Exercises", "## Next"):
         assert heading in tail, f"missing {heading}"
@@ -127,8 +135,7 @@ def test_every_notebook_uses_the_one_setup_call():
 
 
 # Notebooks whose parameters cell has the reset_run_config switch and whose setup shows no bare `cfg` (issue 14).
-# 04 and 05 get both in their own change; add them here then.
-RESET_NOTEBOOKS = ("01", "02", "03")
+RESET_NOTEBOOKS = ("01", "02", "03", "04", "05")
 
 
 def _notebook(number):
@@ -306,6 +313,10 @@ def test_series_runs_on_tiny_profile(tmp_path):
     assert groups["held-out, seen answer"]["after"]["exact_match"] > groups["held-out, seen answer"]["before"]["exact_match"]
     assert groups["held-out, new answer"]["after"]["form_rate"] > groups["held-out, new answer"]["before"]["form_rate"]
     check_readme_matches(results)
+    # the exercises worked out, on what the series left behind
+    solved = run_notebooks_cli(tmp_path, only="solutions")
+    assert list(solved) == ["solutions.ipynb"]
+    assert (tmp_path / "solutions" / "resume" / "checkpoint-20").is_dir()  # 04 ex. 2 resumed past checkpoint-10
     assert len(list((tmp_path / "executed").glob("*.ipynb"))) == 5
 
 

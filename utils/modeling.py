@@ -167,3 +167,17 @@ def memory_readout(model=None) -> dict[str, float]:
         out["gpu_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
         out["gpu_total_gib"] = torch.cuda.get_device_properties(0).total_memory / 2**30
     return out
+
+
+def memory_line(model=None) -> str:
+    """memory_readout() as one line a person reads (notebook 04): the model's own size, this process's RAM and,
+    on CUDA, the GPU memory in use now and at its peak."""
+    m = memory_readout(model)
+    parts = []
+    if "model_footprint_gib" in m:
+        parts.append(f"model {m['model_footprint_gib']:.2f} GiB")
+    parts.append(f"process {m['process_rss_gib']:.2f} GiB of RAM")
+    if "gpu_total_gib" in m:
+        parts.append(f"GPU {m['gpu_allocated_gib']:.2f} GiB in use, peak {m['gpu_peak_gib']:.2f} of "
+                     f"{m['gpu_total_gib']:.1f} GiB")
+    return "memory: " + " | ".join(parts)

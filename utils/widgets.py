@@ -332,8 +332,8 @@ def training_panel(cfg: dict, n_rows: int | None = None, show: bool = True, on_c
     def update(change=None):
         for knob, w in controls.items():
             cfg[knob] = float(f"{w.value:.2e}") if knob == "learning_rate" else int(w.value)
-        readout.value = (f"<b>{training_text(cfg, n_rows)}</b><br><small>changed? rerun 4.9 and 4.10 "
-                         "(the settings, TrainingArguments and the training cell read cfg)</small>")
+        readout.value = (f"<b>{training_text(cfg, n_rows)}</b><br><small>changed? rerun 4.10 "
+                         "(its settings, TrainingArguments and training cells read cfg)</small>")
         if change is not None and on_change is not None:
             on_change({knob: cfg[knob] for knob in TRAINING_KNOBS})
 
