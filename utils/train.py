@@ -205,7 +205,8 @@ class ModalityTrainer(Trainer):
         sampler = ModalityBatchSampler(rows, batch_size, shuffle=shuffle, seed=self.args.seed,
                                        group_by_length=self.group_by_length,
                                        num_replicas=self.accelerator.num_processes)
-        loader = DataLoader(rows, batch_sampler=sampler, collate_fn=self.data_collator,
+        # The rows with the sampler's padding duplicates marked (no labels): see ModalityBatchSampler.
+        loader = DataLoader(sampler.dataset(), batch_sampler=sampler, collate_fn=self.data_collator,
                             num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)
         return self.accelerator.prepare(loader)
 
