@@ -129,14 +129,79 @@ def load_model(profile: str | None = None, precision: str = "8bit", model_name_o
             f"{source} is gated: set HF_TOKEN (or Colab Secrets HF_TOKEN) after accepting the license "
             f"at https://huggingface.co/{source}. Or use profile='tiny' to run offline."
         )
+    # fp16 (T4, V100): the vision tower and projector are read from the checkpoint straight into fp32
+    # (transformers' _keep_in_fp32_modules, honoured only for an fp16 load) and run in fp32 (keep_vision_fp32).
+    fp32_parts = list(FP32_VISION_MODULES) if dtype == torch.float16 else None
     try:
-        model = MllamaForConditionalGeneration.from_pretrained(
-            source, dtype=dtype, quantization_config=quantization_config(precision, skip_modules, int8_threshold),
-            device_map=device_map(), attn_implementation=attn_implementation, token=get_hf_token(),
-        )
+        with _keep_in_fp32(fp32_parts):
+            model = MllamaForConditionalGeneration.from_pretrained(
+                source, dtype=dtype, quantization_config=quantization_config(precision, skip_modules, int8_threshold),
+                device_map=device_map(), attn_implementation=attn_implementation, token=get_hf_token(),
+            )
     except OSError as err:
         raise _hub_errors(source, err) from err
+    if fp32_parts:
+        keep_vision_fp32(model, dtype)
     model.config.use_cache = False
+    return model
+
+
+# Kept in fp32 when the rest of the model is fp16: fp16's range (65504) is what another implementation of this
+# model overflowed in the vision tower (NaNs); bf16 has fp32's range, so bf16 cards keep them bf16.
+FP32_VISION_MODULES = ("vision_model", "multi_modal_projector")
+
+
+class _keep_in_fp32:
+    """Within the block, from_pretrained loads the named modules in fp32 when asked for fp16 (the class attribute
+    `_keep_in_fp32_modules` that transformers reads at load time; restored afterwards)."""
+
+    def __init__(self, modules):
+        self.modules = modules
+
+    def __enter__(self):
+        self.saved = MllamaForConditionalGeneration.__dict__.get("_keep_in_fp32_modules", None)
+        if self.modules:
+            MllamaForConditionalGeneration._keep_in_fp32_modules = list(self.modules)
+
+    def __exit__(self, *exc):
+        if self.modules:
+            MllamaForConditionalGeneration._keep_in_fp32_modules = self.saved
+
+
+def keep_vision_fp32(model, language_dtype=torch.float16):
+    """Run the vision tower and the projector in fp32 inside an fp16 model: their weights in fp32 (a no-op when
+    load_model already read them so), their forward with autocast off (fp16 autocast would run their matmuls
+    in fp16 whatever the weights), and the projector's output cast to `language_dtype` for the cross-attention
+    layers. About 1.75 GB more than fp16 for the 11B (0.88 G parameters x 2 bytes). Returns the model."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for name in FP32_VISION_MODULES:
+        module = getattr(base.model, name)
+        if getattr(module, "_runs_in_fp32", False):
+            continue
+        module.float()
+        forward = module.forward
+        device_type = next(module.parameters()).device.type
+
+        def forward_fp32(*args, _forward=forward, _device=device_type, **kwargs):
+            with torch.autocast(device_type=_device, enabled=False):
+                return _forward(*args, **kwargs)
+
+        module.forward = forward_fp32
+        module._runs_in_fp32 = True
+    base.model.multi_modal_projector.register_forward_hook(lambda m, args, out: out.to(language_dtype))
+    # MllamaModel builds the cross-attention masks in `self.dtype`, its first parameter's dtype: now the vision
+    # tower's fp32. Cast them (and cached features) to the language model's dtype, fp32's minimum clamped to
+    # fp16's (a plain cast would make it -inf: NaN rows).
+    low = torch.finfo(language_dtype).min
+
+    def to_language_dtype(module, args, kwargs):
+        for key in ("cross_attention_mask", "full_text_row_masked_out_mask", "cross_attention_states"):
+            value = kwargs.get(key)
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and value.dtype != language_dtype:
+                kwargs[key] = value.clamp(min=low).to(language_dtype)
+        return args, kwargs
+
+    base.model.language_model.register_forward_pre_hook(to_language_dtype, with_kwargs=True)
     return model
 
 
