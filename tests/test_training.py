@@ -346,3 +346,16 @@ def test_cli_trains_on_a_hub_style_dataset_folder(tiny_dir, tmp_path):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert "train rows=11 eval rows=1" in done.stdout  # a seeded train_test_split held one row out
     assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
+
+
+def test_predict_takes_mixed_rows_and_returns_them_in_order(tiny_dir, processor, rows, tmp_path):
+    """Trainer.predict used Trainer's own loader, which mixes image and text rows (MixedBatchError)."""
+    import numpy as np
+
+    _, trainer = small_run(tiny_dir, processor, rows, tmp_path / "run", max_steps=1)
+    mixed = [rows[0], rows[5], rows[1], rows[6], rows[7]]  # image, text, image, text, text
+    out = trainer.predict(mixed)
+    assert out.predictions.shape[0] == out.label_ids.shape[0] == len(mixed)
+    for i, r in enumerate(mixed):  # label_ids come back in the rows' order
+        assert np.array_equal(out.label_ids[i, :len(r["labels"])], np.array(r["labels"]))
+    assert np.isfinite(out.metrics["test_loss"])

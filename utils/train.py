@@ -208,7 +208,9 @@ class ModalityTrainer(Trainer):
         # The rows with the sampler's padding duplicates marked (no labels): see ModalityBatchSampler.
         loader = DataLoader(sampler.dataset(), batch_sampler=sampler, collate_fn=self.data_collator,
                             num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)
-        return self.accelerator.prepare(loader)
+        prepared = self.accelerator.prepare(loader)
+        prepared.modality_sampler = sampler
+        return prepared
 
     def get_train_dataloader(self) -> DataLoader:
         return self._modality_loader(self.train_dataset, self._train_batch_size, shuffle=True)
@@ -216,6 +218,29 @@ class ModalityTrainer(Trainer):
     def get_eval_dataloader(self, eval_dataset=None) -> DataLoader:
         rows = self.eval_dataset if eval_dataset is None or isinstance(eval_dataset, str) else eval_dataset
         return self._modality_loader(rows, self.args.eval_batch_size, shuffle=False)
+
+    def get_test_dataloader(self, test_dataset) -> DataLoader:
+        """Modality-pure batches for predict() too (Trainer's own loader would mix image and text rows)."""
+        loader = self._modality_loader(test_dataset, self.args.eval_batch_size, shuffle=False)
+        self._test_order = [i for b in loader.modality_sampler for i in b]  # what predict() gathers, in order
+        return loader
+
+    def predict(self, test_dataset, ignore_keys=None, metric_key_prefix: str = "test"):
+        """Trainer.predict with predictions (the logits) and label_ids in the rows' order, without the padding
+        duplicates: the loader yields rows by modality and length, and every global batch slice by slice."""
+        from transformers.trainer_utils import PredictionOutput
+
+        # Image batches also return the vision tower's outputs, text batches do not: keep the logits only.
+        ignore_keys = ["cache", "past_key_values", "image_outputs"] if ignore_keys is None else ignore_keys
+        out = super().predict(test_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        where = {row: pos for pos, row in enumerate(self._test_order) if row < len(test_dataset)}
+        order = [where[row] for row in range(len(test_dataset))]
+
+        def restore(values):
+            return values[order] if hasattr(values, "shape") and len(values) == len(self._test_order) else values
+
+        return PredictionOutput(predictions=restore(out.predictions), label_ids=restore(out.label_ids),
+                                metrics=out.metrics)
 
     def log(self, logs: dict, start_time: float | None = None) -> None:
         seen = self.state.num_input_tokens_seen - getattr(self, "_initial_num_input_tokens_seen", 0)
