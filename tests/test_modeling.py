@@ -31,7 +31,9 @@ def test_cpu_trains_in_fp32():
 def test_quantization_configs():
     int8 = quantization_config("8bit")
     assert int8.load_in_8bit and "model.vision_model" in int8.llm_int8_skip_modules
-    assert int8.llm_int8_threshold == 6.0 and quantization_config("8bit", threshold=0.0).llm_int8_threshold == 0.0
+    assert int8.llm_int8_threshold == 6.0
+    with pytest.warns(UserWarning, match="llm_int8_threshold=0.0"):
+        assert quantization_config("8bit", threshold=0.0).llm_int8_threshold == 0.0
     nf4 = quantization_config("4bit")
     assert nf4.load_in_4bit and nf4.bnb_4bit_quant_type == "nf4"
     assert quantization_config("bf16") is None
@@ -143,3 +145,28 @@ def test_fp16_training_keeps_the_vision_tower_and_projector_in_fp32(monkeypatch,
     with torch.no_grad():
         logits = model(**inputs).logits
     assert logits.dtype == torch.float16 and torch.isfinite(logits.float()).all()
+
+
+def test_int8_threshold_zero_warns_and_why():
+    """bitsandbytes casts the input to fp16 before quantizing it: with threshold 0.0 a bf16 value above fp16's
+    65504 makes its row inf/NaN; with 6.0 that column is an outlier kept out of int8 and the row stays finite."""
+    import bitsandbytes as bnb
+
+    with pytest.warns(UserWarning, match="65504"):
+        assert quantization_config("8bit", threshold=0.0).llm_int8_threshold == 0.0
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        quantization_config("8bit", threshold=6.0)
+    torch.manual_seed(0)
+    dense = torch.nn.Linear(64, 32)
+    x = torch.randn(4, 64, dtype=torch.bfloat16)
+    x[1, 3] = 70000.0  # representable in bf16, not in fp16
+    finite = {}
+    for threshold in (0.0, 6.0):
+        layer = bnb.nn.Linear8bitLt(64, 32, has_fp16_weights=False, threshold=threshold)
+        layer.load_state_dict(dense.state_dict())
+        with torch.no_grad():
+            finite[threshold] = torch.isfinite(layer.to(torch.bfloat16).eval()(x).float()).all(dim=1).tolist()
+    assert finite == {0.0: [True, False, True, True], 6.0: [True, True, True, True]}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 from transformers import AutoProcessor, BitsAndBytesConfig, MllamaForConditionalGeneration
@@ -58,6 +59,12 @@ def device_map():
     return {"": PartialState().local_process_index}
 
 
+INT8_THRESHOLD_ZERO_WARNING = (
+    "llm_int8_threshold=0.0 puts every input column through int8: bitsandbytes casts the activations to fp16 to "
+    "quantize them, so a bf16 activation above 65504 becomes inf and its whole row inf/NaN (with 6.0 such columns "
+    "stay out of int8). Use 0.0 only to measure speed; train with the default 6.0.")
+
+
 def quantization_config(precision: str, skip_modules=DEFAULT_SKIP_MODULES,
                         threshold: float = 6.0, fsdp: bool | None = None) -> BitsAndBytesConfig | None:
     """BitsAndBytesConfig for '8bit' (LLM.int8) or '4bit' (nf4); None for 16/32-bit precisions.
@@ -74,6 +81,8 @@ def quantization_config(precision: str, skip_modules=DEFAULT_SKIP_MODULES,
     # older versions match substrings. Listing both forms works with either.
     skip = [p for name in (skip_modules or []) for p in (name, f"model.{name}")]
     if precision == "8bit":
+        if threshold <= 0.0:
+            warnings.warn(INT8_THRESHOLD_ZERO_WARNING, UserWarning, stacklevel=2)
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip, llm_int8_threshold=threshold)
     if precision == "4bit":
         storage = {"bnb_4bit_quant_storage": compute_dtype()} if (uses_fsdp() if fsdp is None else fsdp) else {}
