@@ -359,3 +359,42 @@ def test_predict_takes_mixed_rows_and_returns_them_in_order(tiny_dir, processor,
     for i, r in enumerate(mixed):  # label_ids come back in the rows' order
         assert np.array_equal(out.label_ids[i, :len(r["labels"])], np.array(r["labels"]))
     assert np.isfinite(out.metrics["test_loss"])
+
+
+def test_fsdp_sharded_state_dict_still_writes_peft_adapters(tiny_dir, processor, rows, tmp_path, monkeypatch):
+    """Stand-in for FSDP with SHARDED_STATE_DICT (configs/accelerate/fsdp_qlora_4bit.yaml): Trainer.save_model
+    writes nothing there. The final adapter and every checkpoint's adapter must be PEFT files that
+    PeftModel.from_pretrained loads. (The real gather across GPUs, accelerator.get_state_dict under FSDP, needs
+    GPUs; here it is the single-process state dict.)"""
+    from types import SimpleNamespace
+
+    import transformers.trainer as hf_trainer
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from torch.distributed.fsdp import StateDictType
+
+    model, trainer = small_run(tiny_dir, processor, rows, tmp_path / "run", max_steps=1)
+    trainer.args.save_strategy = "no"
+    train(trainer, resume=False)
+    monkeypatch.setattr(trainer, "is_fsdp_enabled", True)
+    monkeypatch.setattr(trainer.accelerator.state, "fsdp_plugin",
+                        SimpleNamespace(state_dict_type=StateDictType.SHARDED_STATE_DICT), raising=False)
+    sharded = []  # the FSDP checkpoint shards Trainer writes for resuming (stand-ins: nothing to shard on CPU)
+    monkeypatch.setattr(hf_trainer, "save_fsdp_model", lambda *a, **k: sharded.append("model"))
+    monkeypatch.setattr(hf_trainer, "save_fsdp_optimizer", lambda *a, **k: sharded.append("optimizer"))
+
+    final = tmp_path / "final"
+    trainer.save_model(str(final))
+    trainer._save_checkpoint(trainer.model, trial=None)
+    checkpoint = tmp_path / "run" / "checkpoint-1"
+    assert sharded == ["model", "optimizer"]
+    trained = {k: v for k, v in model.state_dict().items() if "lora_" in k}
+    for folder in (final, checkpoint):
+        assert {"adapter_model.safetensors", "adapter_config.json", "training_args.bin"} <= {p.name for p in folder.iterdir()}
+        saved = load_file(folder / "adapter_model.safetensors")
+        assert saved and all("lora_" in k for k in saved)
+        base = load_model(model_name_or_path=tiny_dir, precision="8bit")
+        reloaded = PeftModel.from_pretrained(base, str(folder))
+        for name, value in reloaded.state_dict().items():
+            if "lora_" in name:
+                assert torch.equal(value, trained[name.replace(".default", ".default")]), name

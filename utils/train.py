@@ -242,6 +242,20 @@ class ModalityTrainer(Trainer):
         return PredictionOutput(predictions=restore(out.predictions), label_ids=restore(out.label_ids),
                                 metrics=out.metrics)
 
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Trainer.save_model, also under FSDP with a SHARDED (or LOCAL) state dict: there Trainer writes nothing
+        (only FULL_STATE_DICT saves), so neither the final adapter nor a checkpoint's (Trainer saves each
+        checkpoint's model through this method) would exist in PEFT format. Here every process takes part in
+        gathering the full state dict (accelerate: FULL_STATE_DICT, rank 0 only, offloaded to CPU) and the main
+        process writes adapter_model.safetensors + adapter_config.json (peft keeps only the adapter's tensors),
+        the processor files and training_args.bin. The sharded checkpoint for resuming is saved as before."""
+        plugin = getattr(self.accelerator.state, "fsdp_plugin", None)
+        if self.is_fsdp_enabled and plugin is not None and "FULL_STATE_DICT" not in str(plugin.state_dict_type):
+            state_dict = self.accelerator.get_state_dict(self.model)  # collective: every process calls save_model
+            self._save(output_dir or self.args.output_dir, state_dict=state_dict)
+            return
+        super().save_model(output_dir, _internal_call=_internal_call)
+
     def log(self, logs: dict, start_time: float | None = None) -> None:
         seen = self.state.num_input_tokens_seen - getattr(self, "_initial_num_input_tokens_seen", 0)
         if "loss" in logs and seen and start_time is not None:
