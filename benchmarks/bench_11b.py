@@ -11,8 +11,8 @@ Weights are random (seeded) but go through the real loading path: the model is b
 
 results.json / results.md are rewritten after every variant, so a run cut short (timeout, OOM
 that kills the process) still leaves what it measured; a variant that raises is recorded with its
-error and the run goes on. `--profile-slowest` times one extra step of each variant under
-torch.profiler (not counted in step_s) and reports the top three kernels of the slowest variant.
+error and the run goes on. `--profile-slowest`, after every variant is timed, loads the slowest one again and
+runs one step under torch.profiler (not counted in step_s): its top three kernels.
 
 Model FLOPs per sample (`model_flops_per_sample`), counted from the module shapes:
 - forward: 2 x params x tokens for every Linear, with the right token count per module:
@@ -484,6 +484,25 @@ def select_variants(names: list[str] | None) -> list[tuple]:
     return [by_name[n] for n in names]
 
 
+def profile_slowest(rows: list[dict], weights_dir, config, shape, flops) -> dict | None:
+    """After every variant is timed: load the slowest one again and profile one step (after one unprofiled step)
+    under torch.profiler; its top three kernels go into that variant's row (`profile_top_kernels`). Last, so a
+    run that is cut short loses this and none of the timed variants."""
+    done = [r for r in rows if not r.get("error")]
+    if not done:
+        return None
+    slowest = max(done, key=lambda r: r["step_s"])
+    spec = next(v for v in VARIANTS if v[0] == slowest["variant"])
+    print(f"[{spec[0]}] profiling one step (the slowest variant) ...", flush=True)
+    try:
+        profiled = run_variant(spec[0], spec[1], spec[2], spec[3], weights_dir, config, {**shape, "warmup": 0, "steps": 1},
+                               flops, profile=True, cached=spec[4])
+        slowest["profile_top_kernels"], slowest["profile_error"] = profiled["profile_top_kernels"], profiled["profile_error"]
+    except Exception as err:  # the timed results stay as they are
+        slowest["profile_error"] = f"{type(err).__name__}: {err}"[:500]
+    return slowest
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shape", choices=list(SHAPES), default="11b")
@@ -497,7 +516,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--profile-slowest", action="store_true",
-                        help="profile one extra step of each variant; report the slowest one's top 3 kernels")
+                        help="after all variants are timed, load the slowest again and profile one step: its top "
+                             "3 kernels")
     args = parser.parse_args(argv)
     shape = dict(SHAPES[args.shape])
     shape.update({k: getattr(args, k) for k in ("steps", "warmup") if getattr(args, k) is not None})
@@ -535,8 +555,7 @@ def main(argv=None) -> dict:
         for name, precision, gc_on, threshold, cached in variants:
             print(f"[{name}] loading ...", flush=True)
             try:
-                r = run_variant(name, precision, gc_on, threshold, weights_dir, config, shape, flops,
-                                profile=args.profile_slowest, cached=cached)
+                r = run_variant(name, precision, gc_on, threshold, weights_dir, config, shape, flops, cached=cached)
                 print(f"[{name}] attn={r['attn_implementation']} padding={r['padding_fraction']:.2f} load "
                       f"{r['load_s']:.1f} s, footprint {r['footprint_gib']:.3f} GiB (planned {r['planned_load_gib']:.3f}, "
                       f"GPU after load {r['gpu_after_load_gib']}), peak {r['peak_train_gib']} GiB (planned "
@@ -557,6 +576,10 @@ def main(argv=None) -> dict:
             write_results(out, results)
         results["complete"] = True
         write_results(out, results)
+        if args.profile_slowest:
+            profile_slowest(rows, weights_dir, config, shape, flops)
+            results["summary"] = summary({row["variant"]: row for row in rows})
+            write_results(out, results)
     finally:
         if tmp:
             tmp.cleanup()

@@ -239,6 +239,12 @@ def test_seed_cli_trains_and_exports(tiny_dir, tmp_path):
                  "tokenizer.json", "processor_config.json", "loss_history.json"):
         assert (out / name).is_file(), (name, sorted(p.name for p in out.iterdir()))
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-6"]  # --save_total_limit 1
+    # benchmarks/gpu_run.sh checks its CUDA smoke's output for these files: they must be what the CLI writes
+    import re
+
+    script = (REPO / "benchmarks" / "gpu_run.sh").read_text()
+    checked = re.search(r"for f in ([^;]+); do", script).group(1).replace("\\\n", " ").split()
+    assert "adapter_model.safetensors" in checked and all((out / f).is_file() for f in checked), checked
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["r"] == 8 and config["lora_alpha"] == 32
     args = torch.load(out / "training_args.bin", weights_only=False)
