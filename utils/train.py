@@ -107,9 +107,10 @@ def freeze_vision_tower(model) -> bool:
 
 
 def prepare_for_training(model, gradient_checkpointing: bool = True):
-    """Gradient checkpointing in its non-reentrant form (the reentrant one fails on Mllama) and
-    a grad-free vision tower. Used instead of peft's prepare_model_for_kbit_training, which would
-    upcast every 16-bit weight (the whole vision tower) to fp32."""
+    """Gradient checkpointing in its non-reentrant form (the reentrant one fails on Mllama), a grad-free
+    vision tower and 8-bit base layers that keep no input for backward (utils.modeling.free_int8_inputs).
+    Used instead of peft's prepare_model_for_kbit_training, which would upcast every 16-bit weight (the whole
+    vision tower) to fp32."""
     if gradient_checkpointing:
         # transformers >= 5.2x renames it activation_checkpointing_enable; older 5.x has only the old name.
         if hasattr(model, "activation_checkpointing_enable"):
@@ -118,6 +119,9 @@ def prepare_for_training(model, gradient_checkpointing: bool = True):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     freeze_vision_tower(model)
+    from utils.modeling import free_int8_inputs
+
+    free_int8_inputs(model)  # 8-bit base layers keep no input for backward (see its docstring)
     model.config.use_cache = False
     return model
 
