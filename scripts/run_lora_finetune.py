@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from transformers import HfArgumentParser, TrainingArguments  # noqa: E402
 
-from utils.config import (DATA_DIR, PRECISIONS, PROFILES, TRAIN_DEFAULTS, LoraSettings, choose_setup,  # noqa: E402
-                          profile_defaults, resolve_profile)
+from utils.config import DATA_DIR, PRECISIONS, PROFILES, TRAIN_DEFAULTS, LoraSettings, profile_defaults  # noqa: E402
+from utils.setup import choose_setup, resolve_profile  # noqa: E402
 from utils.lora import SCOPES  # noqa: E402
 
 SAMPLE_TRAIN = DATA_DIR / "construction_train.jsonl"

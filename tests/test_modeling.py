@@ -9,8 +9,9 @@ import huggingface_hub.constants
 import pytest
 import torch
 
-from utils.config import compute_dtype, mixed_precision, resolve_profile
+from utils.config import compute_dtype, mixed_precision
 from utils.modeling import HubAccessError, _hub_errors, get_hf_token, load_model, quantization_config
+from utils.setup import resolve_profile
 
 
 def test_auto_profile_is_tiny_without_a_gpu(monkeypatch):

@@ -82,7 +82,8 @@ def test_fit_widget_verdict_follows_the_gpu():
     c["batch_size"].value = 8
     assert cfg["fit_check"]["planned_gib"] > before and cfg["fit_check"]["batch_size"] == 8
     assert set(GPUS) == {"T4 16 GB", "L4 24 GB", "A100 40 GB", "A100 80 GB", "H100 80 GB"}
-    from utils.config import REFERENCE_BATCH_SIZE, REFERENCE_SEQ_LEN, planned_peak_gib, required_gib
+    from utils.config import REFERENCE_BATCH_SIZE, REFERENCE_SEQ_LEN, required_gib
+    from utils.setup import planned_peak_gib
 
     reference = fit_check("L4 24 GB", "8bit", REFERENCE_BATCH_SIZE, REFERENCE_SEQ_LEN, 4, 8)
     assert reference["planned_gib"] == pytest.approx(planned_peak_gib("11b", "8bit"), abs=0.01)

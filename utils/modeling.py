@@ -8,15 +8,8 @@ import warnings
 import torch
 from transformers import AutoProcessor, BitsAndBytesConfig, MllamaForConditionalGeneration
 
-from utils.config import (
-    DEFAULT_SKIP_MODULES,
-    MODEL_ID_11B,
-    PRECISIONS,
-    compute_dtype,
-    mixed_precision,
-    resolve_precision,
-    resolve_profile,
-)
+from utils.config import DEFAULT_SKIP_MODULES, MODEL_ID_11B, PRECISIONS, compute_dtype, mixed_precision
+from utils.setup import resolve_precision, resolve_profile
 
 
 class HubAccessError(RuntimeError):
@@ -69,7 +62,7 @@ def quantization_config(precision: str, skip_modules=DEFAULT_SKIP_MODULES,
                         threshold: float = 6.0, fsdp: bool | None = None) -> BitsAndBytesConfig | None:
     """BitsAndBytesConfig for '8bit' (LLM.int8) or '4bit' (nf4); None for 16/32-bit precisions.
 
-    'auto' is the precision `utils.config.choose_setup` picks for this machine. With `fsdp` (default:
+    'auto' is the precision `utils.setup.choose_setup` picks for this machine. With `fsdp` (default:
     inside an FSDP `accelerate launch`) 4-bit weights are stored in the compute dtype
     (`bnb_4bit_quant_storage`) so FSDP can shard them with the 16-bit parameters (QLoRA + FSDP); 8-bit
     weights cannot be sharded by FSDP at all (use DDP: configs/accelerate/).
@@ -120,7 +113,7 @@ def load_model(profile: str | None = None, precision: str = "8bit", model_name_o
                skip_modules=DEFAULT_SKIP_MODULES, int8_threshold: float = 6.0,
                attn_implementation: str = "sdpa") -> MllamaForConditionalGeneration:
     """The Mllama model for a profile, quantized per `precision` ('8bit' default; 'auto': the
-    precision `utils.config.choose_setup` picks for this machine and profile).
+    precision `utils.setup.choose_setup` picks for this machine and profile).
 
     16-bit parts use bf16 (compute capability 8.0+) / fp16 on a GPU and fp32 on CPU; on GPU
     everything goes to this process's device (`device_map()`: device 0 in a single-process run).
