@@ -102,3 +102,23 @@ def test_8bit_lora_gradients_equal_the_stock_path(tiny_dir, processor):
     stock, freed = grads
     assert stock.keys() == freed.keys() and len(stock) > 0
     assert all(torch.equal(stock[k], freed[k]) for k in stock), max((stock[k] - freed[k]).abs().max() for k in stock)
+
+
+def test_planner_counts_what_stock_bitsandbytes_keeps(tiny_dir, processor):
+    """On an image batch (every decoder layer runs, the cross-attention one too) the stock path keeps exactly
+    what utils.memory.int8_kept_input_bytes plans; freed, 8-bit keeps no more than fp32."""
+    from utils.memory import config_11b, int8_kept_input_bytes, plan_training_memory
+    from utils.tiny import tiny_config
+
+    batch = next(Collator(processor).batches(sample_rows(processor, 2, 0, 128), 2))
+    tokens = batch["input_ids"].numel()
+    fp32 = retained_bytes(lora_model(tiny_dir, "fp32"), batch)
+    stock = retained_bytes(lora_model(tiny_dir, "8bit", free=False), batch)
+    freed = retained_bytes(lora_model(tiny_dir, "8bit"), batch)
+    assert stock - fp32 == int8_kept_input_bytes(tiny_config(), tokens, image=True, compute_dtype=torch.float32)
+    assert freed <= fp32
+    # the 11B in bf16: 40 layers x (3 x 4096 + 14336) x 2 bytes = 2.13 MB per token; +2.0 GiB at 2 x 512
+    per_token = int8_kept_input_bytes(config_11b(), 1)
+    assert per_token == 40 * (3 * 4096 + 14336) * 2 and round(per_token / 1e6, 2) == 2.13
+    kept = plan_training_memory(config_11b(), "8bit", int8_inputs_kept=True)
+    assert kept["total"] - plan_training_memory(config_11b(), "8bit")["total"] == kept["int8_kept_inputs"] == 1024 * per_token
