@@ -56,6 +56,18 @@ def test_tiny_benchmark_run(tmp_path):
         assert abs(r["footprint_gib"] - r["planned_load_gib"]) < 1e-9  # the plan is exact
         assert r["peak_train_gib"] is None and r["mfu"] is None  # no GPU numbers on CPU
         assert r["profile_top_kernels"] is None  # only with --profile-slowest
+    # the random weights' outlier pattern (LLM.int8-like): exactly the chosen dimensions in the q/k/v and gate/up
+    # inputs of every decoder layer, (almost) none in o_proj and down_proj inputs
+    from utils.tiny import tiny_config
+
+    hidden = tiny_config().text_config.hidden_size
+    share = len(bench.outlier_dims(hidden)) / hidden
+    for r in rows.values():
+        shares = r["outlier_column_share"]
+        assert set(shares) == {"q/k/v", "o_proj", "gate/up", "down_proj"} and all(len(v) == 4 for v in shares.values())
+        assert shares["q/k/v"] == shares["gate/up"] == [pytest.approx(share, abs=1e-5)] * 4, shares
+        assert max(shares["down_proj"]) < 0.05 and max(shares["o_proj"]) < 0.05, shares
+    assert results["summary"]["outlier_column_share_8bit"] == rows["8bit t=6.0"]["outlier_column_share"]
     # same batch, same weights, LoRA B = 0 at the first step: the cached features give the same loss
     assert rows["8bit cached"]["loss_first"] == pytest.approx(rows["8bit t=6.0"]["loss_first"], rel=1e-5)
     s = results["summary"]
