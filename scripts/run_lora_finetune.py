@@ -23,6 +23,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 import time
 import warnings
@@ -33,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from transformers import HfArgumentParser, TrainingArguments  # noqa: E402
 
-from utils.config import (DATA_DIR, PRECISIONS, PROFILES, TRAIN_DEFAULTS, LoraSettings, choose_setup,  # noqa: E402
-                          profile_defaults, resolve_profile)
+from utils.config import DATA_DIR, PRECISIONS, PROFILES, TRAIN_DEFAULTS, LoraSettings, profile_defaults  # noqa: E402
+from utils.setup import choose_setup, resolve_profile  # noqa: E402
 from utils.lora import SCOPES  # noqa: E402
 
 SAMPLE_TRAIN = DATA_DIR / "construction_train.jsonl"
@@ -76,8 +77,9 @@ class ModelArguments:
     cache_vision_features: str = field(default="auto", metadata={
         "choices": ["auto", "on", "off"], "help": "compute the frozen vision features once per image "
                                                   "(utils/vision_cache.py); auto: on when exact (no LoRA in the vision tower)"})
-    vision_cache_mb: float = field(default=2048, metadata={
-        "help": "keep the cached features in memory up to this size, else on disk in output_dir"})
+    vision_cache_mb: float | None = field(default=None, metadata={
+        "help": "keep the cached features in memory up to this size (default: a quarter of the available RAM, "
+                "split over this machine's processes), else on disk in output_dir (free space checked first)"})
 
 
 @dataclass
@@ -378,13 +380,21 @@ def main(argv=None) -> int:
     say(f"vision feature cache: {why}")
     vision_cache = None
     if use_cache:
-        from utils.vision_cache import VisionFeatureCache
+        from utils.vision_cache import CacheSpaceError, VisionFeatureCache, default_memory_mb
 
-        rank = training_args.process_index
-        vision_cache = VisionFeatureCache.build(
-            model, processor, all_rows, max_memory_mb=model_args.vision_cache_mb,
-            cache_dir=Path(training_args.output_dir) / ("vision_features" + (f"-rank{rank}" if rank else "")),
-            lora_scope=settings.scope)
+        budget = model_args.vision_cache_mb
+        budget = default_memory_mb(int(os.environ.get("LOCAL_WORLD_SIZE", "1"))) if budget is None else budget
+        try:
+            # One cache for all processes: the main one computes it (on disk when over the budget), the others
+            # then find every file there and only read it (or, in memory, compute their own small copy).
+            with training_args.main_process_first(desc="vision feature cache"):
+                vision_cache = VisionFeatureCache.build(
+                    model, processor, all_rows, max_memory_mb=budget,
+                    cache_dir=Path(training_args.output_dir) / "vision_features", lora_scope=settings.scope,
+                    verbose=main_process)
+        except CacheSpaceError as err:
+            say(f"warning: {err}; training without the vision feature cache")
+            vision_cache = None
     gradient_checkpointing = bool(training_args.activation_checkpointing)
     trainer = build_trainer(model, processor, train_rows, eval_rows, training_args, vision_cache=vision_cache,
                             gradient_checkpointing=gradient_checkpointing, group_by_length=run_args.group_by_length)

@@ -140,7 +140,7 @@ def prebuild_tiny(profile: str, log=print) -> Path | None:
     the 11b profile)."""
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
-    from utils.config import choose_setup
+    from utils.setup import choose_setup
 
     if choose_setup(profile).profile != "tiny":
         return None

@@ -56,6 +56,18 @@ def test_tiny_benchmark_run(tmp_path):
         assert abs(r["footprint_gib"] - r["planned_load_gib"]) < 1e-9  # the plan is exact
         assert r["peak_train_gib"] is None and r["mfu"] is None  # no GPU numbers on CPU
         assert r["profile_top_kernels"] is None  # only with --profile-slowest
+    # the random weights' outlier pattern (LLM.int8-like): exactly the chosen dimensions in the q/k/v and gate/up
+    # inputs of every decoder layer, (almost) none in o_proj and down_proj inputs
+    from utils.tiny import tiny_config
+
+    hidden = tiny_config().text_config.hidden_size
+    share = len(bench.outlier_dims(hidden)) / hidden
+    for r in rows.values():
+        shares = r["outlier_column_share"]
+        assert set(shares) == {"q/k/v", "o_proj", "gate/up", "down_proj"} and all(len(v) == 4 for v in shares.values())
+        assert shares["q/k/v"] == shares["gate/up"] == [pytest.approx(share, abs=1e-5)] * 4, shares
+        assert max(shares["down_proj"]) < 0.05 and max(shares["o_proj"]) < 0.05, shares
+    assert results["summary"]["outlier_column_share_8bit"] == rows["8bit t=6.0"]["outlier_column_share"]
     # same batch, same weights, LoRA B = 0 at the first step: the cached features give the same loss
     assert rows["8bit cached"]["loss_first"] == pytest.approx(rows["8bit t=6.0"]["loss_first"], rel=1e-5)
     s = results["summary"]
@@ -94,11 +106,8 @@ def test_results_written_after_each_variant(tmp_path, monkeypatch):
     assert rows["8bit t=6.0"]["error"] is None and rows["8bit t=6.0"]["step_s"] > 0
     assert "CUDA out of memory (simulated)" in rows["bf16"]["error"] and "Traceback" in rows["bf16"]["traceback"]
     assert results["summary"]["failed_variants"] == {"bf16": rows["bf16"]["error"]}
-    assert rows["8bit t=6.0"]["profile_error"] is None
-    kernels = rows["8bit t=6.0"]["profile_top_kernels"]  # --profile-slowest: one profiled step, CPU time here
-    assert len(kernels) == 3 and all(k["time_ms"] > 0 and k["clock"] == "cpu" for k in kernels)
-    assert kernels[0]["time_ms"] >= kernels[1]["time_ms"] >= kernels[2]["time_ms"]
-    assert results["summary"]["slowest_variant_top_kernels"] == kernels
+    # --profile-slowest profiles only after every variant is timed: this run never got there
+    assert rows["8bit t=6.0"]["profile_top_kernels"] is None
     md = (tmp_path / "results.md").read_text()
     assert "| bf16 | failed: RuntimeError: CUDA out of memory (simulated) |" in md and "incomplete" in md
 
@@ -191,3 +200,57 @@ def test_pick_cuda_lib_follows_bitsandbytes_rule():
     assert pick_cuda_lib(["128"], "12.6") == "128"  # same major, lowest higher minor
     assert pick_cuda_lib(["130"], "12.8") is None  # never across majors
     assert pick_cuda_lib(["130"], None) is None
+
+
+def test_profile_slowest_runs_after_all_timed_variants(tmp_path, monkeypatch):
+    """The profiled step is a reload of the slowest variant after all of them are timed, never inside a timed one."""
+    real = bench.run_variant
+    calls = []
+
+    def run_variant(name, *args, profile=False, **kwargs):
+        calls.append((name, profile))
+        if name == "8bit t=6.0":  # real (tiny, CPU) and made the slowest
+            return {**real(name, *args, profile=profile, **kwargs), "step_s": 1e3}
+        return {"variant": name, "step_s": 1e-3, "error": None, "profile_top_kernels": None}
+
+    monkeypatch.setattr(bench, "run_variant", run_variant)
+    results = main(["--shape", "tiny", "--out", str(tmp_path), "--warmup", "0", "--steps", "1", "--profile-slowest",
+                    "--variants", "nf4", "8bit t=6.0", "bf16"])
+    assert calls == [("nf4", False), ("8bit t=6.0", False), ("bf16", False), ("8bit t=6.0", True)]
+    rows = {r["variant"]: r for r in results["variants"]}
+    kernels = rows["8bit t=6.0"]["profile_top_kernels"]  # one profiled step, CPU time here
+    assert rows["8bit t=6.0"]["profile_error"] is None and rows["8bit t=6.0"]["step_s"] == 1e3  # timed one kept
+    assert len(kernels) == 3 and all(k["time_ms"] > 0 and k["clock"] == "cpu" for k in kernels)
+    assert kernels[0]["time_ms"] >= kernels[1]["time_ms"] >= kernels[2]["time_ms"]
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk["summary"]["slowest_variant_top_kernels"] == kernels
+
+
+def _pure_wheel(folder, name, version, tag):
+    files = {f"{name}/__init__.py": f"VERSION = {version!r}\n".encode(),
+             f"{name}-{version}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+             f"{name}-{version}.dist-info/WHEEL": f"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: {tag}\n".encode()}
+    record = "".join(f"{n},{record_hash(d)},{len(d)}\n" for n, d in files.items()) + f"{name}-{version}.dist-info/RECORD,,\n"
+    wheel = folder / f"{name}-{version}-{tag}.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        for n, d in files.items():
+            z.writestr(n, d)
+        z.writestr(f"{name}-{version}.dist-info/RECORD", record)
+    return wheel
+
+
+def test_install_carried_takes_the_wheel_for_this_python(tmp_path):
+    """multiprocess is published per Python version; the carried folder holds several, the device installs its own."""
+    from benchmarks.pack_wheels import best_wheels, install_carried, wheel_supported
+
+    here = f"py{sys.version_info.major}{sys.version_info.minor}"
+    carried = tmp_path / "whl"
+    carried.mkdir()
+    mine = _pure_wheel(carried, "fakemp", "1.0", f"{here}-none-any")
+    other = _pure_wheel(carried, "fakemp", "1.0", "py27-none-any")
+    older = _pure_wheel(carried, "fakemp", "1.0", f"py{sys.version_info.major}{sys.version_info.minor - 1}-none-any")
+    assert wheel_supported(mine) and not wheel_supported(other)
+    assert wheel_supported(older)  # pip would take it too: the best-ranked one must win
+    assert best_wheels(carried) == [mine]
+    assert install_carried(carried, tmp_path / "site") == ["fakemp"]  # once
+    assert (tmp_path / "site" / "fakemp" / "__init__.py").is_file()

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 import utils.config as config
-from utils.config import PRECISIONS, Setup, choose_setup, compute_dtype, mixed_precision, resolve_precision, resolve_profile
+import utils.setup as setup_choice
+from utils.config import PRECISIONS, compute_dtype, mixed_precision
+from utils.setup import Setup, choose_setup, resolve_precision, resolve_profile
 
 
 @pytest.fixture(autouse=True)
@@ -132,7 +134,7 @@ def test_auto_is_a_precision_choice():
 
 def test_explicit_or_cpu_choices_do_not_build_the_plan(monkeypatch):
     # resolve_profile runs in every notebook's first cell and in model_source: only 'auto' on a GPU plans
-    monkeypatch.setattr(config, "planned_peak_gib", lambda *a, **k: pytest.fail("planned without need"))
+    monkeypatch.setattr(setup_choice, "planned_peak_gib", lambda *a, **k: pytest.fail("planned without need"))
     monkeypatch.setattr(config, "gpu_memory_gib", lambda: 80.0)
     assert resolve_profile("tiny") == "tiny" and resolve_precision("4bit") == "4bit"
     monkeypatch.setenv("LLAMA_VISION_PROFILE", "11b")
@@ -140,3 +142,22 @@ def test_explicit_or_cpu_choices_do_not_build_the_plan(monkeypatch):
     monkeypatch.delenv("LLAMA_VISION_PROFILE")
     monkeypatch.setattr(config, "gpu_memory_gib", lambda: 0.0)
     assert resolve_profile("auto") == "tiny" and resolve_precision("auto") == "8bit"
+
+
+def test_config_is_the_bottom_floor():
+    """utils/config.py imports no other utils module, not even inside a function (choose_setup used to import
+    utils.memory and utils.tiny there, which import config: two circles)."""
+    import ast
+
+    tree = ast.parse((config.REPO_ROOT / "utils" / "config.py").read_text())
+    imported = [node.module if isinstance(node, ast.ImportFrom) else alias.name
+                for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
+                for alias in (node.names if isinstance(node, ast.Import) else [None])]
+    assert not [m for m in imported if m and m.split(".")[0] == "utils"], imported
+    import subprocess
+    import sys
+
+    loaded = subprocess.run([sys.executable, "-c", "import sys, utils.config; "
+                             "print(sorted(m for m in sys.modules if m.startswith('utils')))"],
+                            cwd=config.REPO_ROOT, capture_output=True, text=True, timeout=120).stdout.strip()
+    assert loaded == "['utils', 'utils.config']", loaded

@@ -9,8 +9,9 @@ import huggingface_hub.constants
 import pytest
 import torch
 
-from utils.config import compute_dtype, mixed_precision, resolve_profile
+from utils.config import compute_dtype, mixed_precision
 from utils.modeling import HubAccessError, _hub_errors, get_hf_token, load_model, quantization_config
+from utils.setup import resolve_profile
 
 
 def test_auto_profile_is_tiny_without_a_gpu(monkeypatch):
@@ -31,7 +32,9 @@ def test_cpu_trains_in_fp32():
 def test_quantization_configs():
     int8 = quantization_config("8bit")
     assert int8.load_in_8bit and "model.vision_model" in int8.llm_int8_skip_modules
-    assert int8.llm_int8_threshold == 6.0 and quantization_config("8bit", threshold=0.0).llm_int8_threshold == 0.0
+    assert int8.llm_int8_threshold == 6.0
+    with pytest.warns(UserWarning, match="llm_int8_threshold=0.0"):
+        assert quantization_config("8bit", threshold=0.0).llm_int8_threshold == 0.0
     nf4 = quantization_config("4bit")
     assert nf4.load_in_4bit and nf4.bnb_4bit_quant_type == "nf4"
     assert quantization_config("bf16") is None
@@ -117,3 +120,66 @@ def test_memory_line_is_one_readable_line(monkeypatch):
     assert line == ("memory: model 0.12 GiB | process 1.23 GiB of RAM | GPU 12.00 GiB in use, peak 15.80 of 79.2 GiB")
     monkeypatch.setattr(modeling, "memory_readout", lambda model=None: {"process_rss_gib": 2.0})
     assert modeling.memory_line() == "memory: process 2.00 GiB of RAM"
+
+
+@pytest.mark.parametrize("precision", ["fp16", "8bit"])
+def test_fp16_training_keeps_the_vision_tower_and_projector_in_fp32(monkeypatch, tiny_dir, processor, precision):
+    """Stand-in for an fp16 card (T4, V100): mixed_precision() says fp16. The vision tower and projector load and
+    run in fp32 (also under fp16 autocast, which would otherwise run their matmuls in fp16); the language model
+    is fp16 and gets the projector output in fp16."""
+    import utils.modeling as modeling
+    from transformers import MllamaForConditionalGeneration
+
+    from utils.batching import Collator
+    from .conftest import sample_rows
+
+    monkeypatch.setattr(modeling, "mixed_precision", lambda: "fp16")
+    model = load_model(model_name_or_path=tiny_dir, precision=precision)
+    assert MllamaForConditionalGeneration._keep_in_fp32_modules is None  # the load-time switch is restored
+    dtypes = {part: {p.dtype for n, p in model.named_parameters() if f".{part}." in n}
+              for part in ("vision_model", "multi_modal_projector", "language_model")}
+    assert dtypes["vision_model"] == dtypes["multi_modal_projector"] == {torch.float32}
+    assert torch.float16 in dtypes["language_model"] and torch.float32 not in dtypes["language_model"]
+    seen = {}
+    vision_linear = next(m for n, m in model.model.vision_model.named_modules() if isinstance(m, torch.nn.Linear))
+
+    def record(key, value):
+        seen.setdefault(key, value)  # returns None below: a hook that returns a value replaces the output
+
+    vision_linear.register_forward_hook(lambda m, a, out: record("vision", out.dtype))
+    model.model.language_model.register_forward_pre_hook(
+        lambda m, a, kw: record("states", kw["cross_attention_states"].dtype), with_kwargs=True)
+    batch = next(Collator(processor).batches(sample_rows(processor, 2, 0, 128), 2))
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):  # as Trainer(fp16=True) runs it
+        model(**inputs)
+    assert seen == {"vision": torch.float32, "states": torch.float16}
+    # (bitsandbytes' CPU int8 path gives NaN under CPU fp16 autocast with or without this: checked without it)
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    assert logits.dtype == torch.float16 and torch.isfinite(logits.float()).all()
+
+
+def test_int8_threshold_zero_warns_and_why():
+    """bitsandbytes casts the input to fp16 before quantizing it: with threshold 0.0 a bf16 value above fp16's
+    65504 makes its row inf/NaN; with 6.0 that column is an outlier kept out of int8 and the row stays finite."""
+    import bitsandbytes as bnb
+
+    with pytest.warns(UserWarning, match="65504"):
+        assert quantization_config("8bit", threshold=0.0).llm_int8_threshold == 0.0
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        quantization_config("8bit", threshold=6.0)
+    torch.manual_seed(0)
+    dense = torch.nn.Linear(64, 32)
+    x = torch.randn(4, 64, dtype=torch.bfloat16)
+    x[1, 3] = 70000.0  # representable in bf16, not in fp16
+    finite = {}
+    for threshold in (0.0, 6.0):
+        layer = bnb.nn.Linear8bitLt(64, 32, has_fp16_weights=False, threshold=threshold)
+        layer.load_state_dict(dense.state_dict())
+        with torch.no_grad():
+            finite[threshold] = torch.isfinite(layer.to(torch.bfloat16).eval()(x).float()).all(dim=1).tolist()
+    assert finite == {0.0: [True, False, True, True], 6.0: [True, True, True, True]}

@@ -239,6 +239,12 @@ def test_seed_cli_trains_and_exports(tiny_dir, tmp_path):
                  "tokenizer.json", "processor_config.json", "loss_history.json"):
         assert (out / name).is_file(), (name, sorted(p.name for p in out.iterdir()))
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-6"]  # --save_total_limit 1
+    # benchmarks/gpu_run.sh checks its CUDA smoke's output for these files: they must be what the CLI writes
+    import re
+
+    script = (REPO / "benchmarks" / "gpu_run.sh").read_text()
+    checked = re.search(r"for f in ([^;]+); do", script).group(1).replace("\\\n", " ").split()
+    assert "adapter_model.safetensors" in checked and all((out / f).is_file() for f in checked), checked
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["r"] == 8 and config["lora_alpha"] == 32
     args = torch.load(out / "training_args.bin", weights_only=False)
@@ -400,3 +406,55 @@ def test_the_image_reaches_the_tiny_models_logits(tiny_dir, processor, rows):
     other = dict(image_rows[0], image=next(r["image"] for r in image_rows if r["image"] != image_rows[0]["image"]))
     logits = model(**Collator(processor)([image_rows[0], other])).logits
     assert (logits[0] - logits[1]).abs().max() > 1e-3
+
+
+def test_predict_takes_mixed_rows_and_returns_them_in_order(tiny_dir, processor, rows, tmp_path):
+    """Trainer.predict used Trainer's own loader, which mixes image and text rows (MixedBatchError)."""
+    import numpy as np
+
+    _, trainer = small_run(tiny_dir, processor, rows, tmp_path / "run", max_steps=1)
+    mixed = [rows[0], rows[5], rows[1], rows[6], rows[7]]  # image, text, image, text, text
+    out = trainer.predict(mixed)
+    assert out.predictions.shape[0] == out.label_ids.shape[0] == len(mixed)
+    for i, r in enumerate(mixed):  # label_ids come back in the rows' order
+        assert np.array_equal(out.label_ids[i, :len(r["labels"])], np.array(r["labels"]))
+    assert np.isfinite(out.metrics["test_loss"])
+
+
+def test_fsdp_sharded_state_dict_still_writes_peft_adapters(tiny_dir, processor, rows, tmp_path, monkeypatch):
+    """Stand-in for FSDP with SHARDED_STATE_DICT (configs/accelerate/fsdp_qlora_4bit.yaml): Trainer.save_model
+    writes nothing there. The final adapter and every checkpoint's adapter must be PEFT files that
+    PeftModel.from_pretrained loads. (The real gather across GPUs, accelerator.get_state_dict under FSDP, needs
+    GPUs; here it is the single-process state dict.)"""
+    from types import SimpleNamespace
+
+    import transformers.trainer as hf_trainer
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from torch.distributed.fsdp import StateDictType
+
+    model, trainer = small_run(tiny_dir, processor, rows, tmp_path / "run", max_steps=1)
+    trainer.args.save_strategy = "no"
+    train(trainer, resume=False)
+    monkeypatch.setattr(trainer, "is_fsdp_enabled", True)
+    monkeypatch.setattr(trainer.accelerator.state, "fsdp_plugin",
+                        SimpleNamespace(state_dict_type=StateDictType.SHARDED_STATE_DICT), raising=False)
+    sharded = []  # the FSDP checkpoint shards Trainer writes for resuming (stand-ins: nothing to shard on CPU)
+    monkeypatch.setattr(hf_trainer, "save_fsdp_model", lambda *a, **k: sharded.append("model"))
+    monkeypatch.setattr(hf_trainer, "save_fsdp_optimizer", lambda *a, **k: sharded.append("optimizer"))
+
+    final = tmp_path / "final"
+    trainer.save_model(str(final))
+    trainer._save_checkpoint(trainer.model, trial=None)
+    checkpoint = tmp_path / "run" / "checkpoint-1"
+    assert sharded == ["model", "optimizer"]
+    trained = {k: v for k, v in model.state_dict().items() if "lora_" in k}
+    for folder in (final, checkpoint):
+        assert {"adapter_model.safetensors", "adapter_config.json", "training_args.bin"} <= {p.name for p in folder.iterdir()}
+        saved = load_file(folder / "adapter_model.safetensors")
+        assert saved and all("lora_" in k for k in saved)
+        base = load_model(model_name_or_path=tiny_dir, precision="8bit")
+        reloaded = PeftModel.from_pretrained(base, str(folder))
+        for name, value in reloaded.state_dict().items():
+            if "lora_" in name:
+                assert torch.equal(value, trained[name.replace(".default", ".default")]), name

@@ -176,3 +176,23 @@ def test_size_estimate_matches_the_11b_config_and_the_real_tensors(tiny_dir, pro
             pixel_values=batch["pixel_values"], aspect_ratio_ids=batch["aspect_ratio_ids"],
             aspect_ratio_mask=batch["aspect_ratio_mask"]).last_hidden_state)
     assert torch.allclose(states.reshape(-1, *feature_shape(model.config)[1:]), cache.features(image), atol=1e-6)
+
+
+def test_disk_cache_checks_free_space_first_and_budget_follows_ram(tiny_dir, processor, rows, tmp_path, monkeypatch):
+    """1,000 11B images are 52 GB: the free space is checked before a file is written; the in-memory budget
+    is a share of the available RAM, split over the processes, not a fixed 2,048 MB."""
+    import shutil
+    from types import SimpleNamespace
+
+    import psutil
+
+    import utils.vision_cache as vc
+
+    model = lora_model(tiny_dir).eval()
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=1000))  # 1 kB free
+    with pytest.raises(vc.CacheSpaceError, match=r"need .* MB in .*, which has 0 MB free"):
+        VisionFeatureCache.build(model, processor, rows, max_memory_mb=0.01, cache_dir=tmp_path, verbose=False)
+    assert not list(tmp_path.rglob("*.safetensors"))  # nothing written
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=12e9))
+    assert vc.default_memory_mb() == pytest.approx(3000) and vc.default_memory_mb(4) == pytest.approx(750)

@@ -82,7 +82,8 @@ def test_fit_widget_verdict_follows_the_gpu():
     c["batch_size"].value = 8
     assert cfg["fit_check"]["planned_gib"] > before and cfg["fit_check"]["batch_size"] == 8
     assert set(GPUS) == {"T4 16 GB", "L4 24 GB", "A100 40 GB", "A100 80 GB", "H100 80 GB"}
-    from utils.config import REFERENCE_BATCH_SIZE, REFERENCE_SEQ_LEN, planned_peak_gib, required_gib
+    from utils.config import REFERENCE_BATCH_SIZE, REFERENCE_SEQ_LEN, required_gib
+    from utils.setup import planned_peak_gib
 
     reference = fit_check("L4 24 GB", "8bit", REFERENCE_BATCH_SIZE, REFERENCE_SEQ_LEN, 4, 8)
     assert reference["planned_gib"] == pytest.approx(planned_peak_gib("11b", "8bit"), abs=0.01)
@@ -173,7 +174,8 @@ def test_lora_panel_refuses_unchecking_every_target(tiny_model):
 
 
 def test_fit_widget_starts_at_the_11b_reference_plan_not_the_tiny_settings():
-    from utils.config import REFERENCE_BATCH_SIZE, REFERENCE_SEQ_LEN, planned_peak_gib
+    from utils.config import REFERENCE_BATCH_SIZE, REFERENCE_SEQ_LEN
+    from utils.setup import planned_peak_gib
     from utils.widgets import fit_widget
 
     cfg = {"precision": "8bit", **profile_defaults("tiny")}  # batch 4, 256 tokens, r=16 on the tiny profile

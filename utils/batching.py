@@ -223,29 +223,58 @@ def modality_batches(rows: list[dict], batch_size: int, shuffle: bool = False, s
     return batches
 
 
-def shard_batches(batches: list[list[int]], num_replicas: int) -> list[list[int]]:
-    """Each global batch cut into `num_replicas` consecutive slices, listed slice by slice
-    (batch 0 slice 0, batch 0 slice 1, ..., batch 1 slice 0, ...).
+def shard_batches(batches: list[list[int]], num_replicas: int, per_replica: int | None = None,
+                  duplicate_offset: int = 0) -> list[list[int]]:
+    """Each global batch padded to `num_replicas` x `per_replica` rows and cut into `num_replicas` consecutive
+    slices of exactly `per_replica` rows, listed slice by slice (batch 0 slice 0, batch 0 slice 1, ...,
+    batch 1 slice 0, ...). `per_replica` defaults to the largest batch's share (rounded up).
 
-    accelerate's BatchSamplerShard gives batch i of a prepared loader to process i % num_processes, so
-    process r trains on slice r of every global batch: a run on N processes with per-device batch b sees
-    exactly the batches a 1-process run with batch N*b sees (same rows per optimizer step, same order).
-    A global batch with fewer rows than replicas (the last one) repeats its rows, as DistributedSampler pads.
+    accelerate's BatchSamplerShard (even_batches, what Trainer's prepared loader uses) gives batch i to process
+    i % num_processes only while every batch has the sampler's `batch_size`: a shorter one is dropped mid-epoch
+    and the leftover goes to one process, so processes get different batch counts and Trainer's per-batch
+    gathers and all-reduces wait forever. Slices of exactly `per_replica` rows, a multiple of `num_replicas` of
+    them, pass through unchanged: process r trains on slice r of every global batch.
+
+    A short global batch (the last of each modality) is padded by repeating its own rows (same modality); a
+    padded entry is `duplicate_offset + row`, so a dataset of n rows with `duplicate_offset=n` can tell the
+    duplicates apart (DuplicateMarkedRows gives them no labels: they add nothing to the loss).
     """
     if num_replicas <= 1:
         return [list(b) for b in batches]
+    per_replica = per_replica or max((-(-len(b) // num_replicas) for b in batches), default=1)
+    size = num_replicas * per_replica
     out = []
     for batch in batches:
-        rows = list(batch)
-        while len(rows) < num_replicas:
-            rows += batch[:num_replicas - len(rows)]
-        size, extra = divmod(len(rows), num_replicas)
-        start = 0
-        for r in range(num_replicas):
-            end = start + size + (r < extra)
-            out.append(rows[start:end])
-            start = end
+        if len(batch) > size:
+            raise ValueError(f"a batch of {len(batch)} rows does not fit {num_replicas} x {per_replica}")
+        rows = list(batch) + [duplicate_offset + batch[k % len(batch)] for k in range(size - len(batch))]
+        out += [rows[r * per_replica:(r + 1) * per_replica] for r in range(num_replicas)]
     return out
+
+
+class DuplicateMarkedRows(torch.utils.data.Dataset):
+    """The rows of a ModalityBatchSampler, plus the padding it asks for: index n + i (n rows) is row i again
+    with every label -100 and `duplicate` set, so a padded row is computed (every process steps in lockstep)
+    but adds nothing to the loss or to its token count (Trainer's num_items_in_batch).
+
+    `total_dataset_length` (= `total_length`: the rows all processes' loaders yield per epoch, duplicates
+    included, a multiple of the global batch) is what accelerate's prepared loader computes its eval remainder
+    from; with len(rows) instead, gather_for_metrics would cut the last eval batch's gathered losses to
+    len(rows) % global batch and weigh them wrongly."""
+
+    def __init__(self, rows, total_length: int | None = None):
+        self.rows = rows
+        self.total_length = self.total_dataset_length = len(rows) if total_length is None else total_length
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict:
+        n = len(self.rows)
+        if index < n:
+            return self.rows[index]
+        row = self.rows[index - n]
+        return {**row, "labels": [IGNORE_INDEX] * len(row["labels"]), "duplicate": True}
 
 
 class ModalityBatchSampler(torch.utils.data.Sampler):
@@ -255,8 +284,11 @@ class ModalityBatchSampler(torch.utils.data.Sampler):
     skips exactly the batches the interrupted run had already seen.
 
     With `num_replicas` > 1 (data-parallel training, one process per device) the batches are built at
-    the global size batch_size * num_replicas and cut into per-process slices (shard_batches): the
-    prepared loader of each process then yields its own slice of every global batch.
+    the global size batch_size * num_replicas and cut into per-process slices of exactly batch_size rows
+    (shard_batches): the short last global batch of each modality is padded with duplicates of its own rows,
+    which `dataset()` marks and gives no labels. So every process gets the same number of batches for any
+    number of rows (nothing hangs), every row is used once per epoch, and N processes with batch b train on
+    the batches of one process with batch N x b. Load the rows through `dataset()`, not the plain list.
     """
 
     def __init__(self, rows: list[dict], batch_size: int, shuffle: bool = True, seed: int = 0,
@@ -268,15 +300,22 @@ class ModalityBatchSampler(torch.utils.data.Sampler):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def global_batches(self) -> list[list[int]]:
+        """This epoch's global batches (batch_size x num_replicas rows, the last of each modality shorter)."""
+        return modality_batches(self.rows, self.batch_size * self.num_replicas, self.shuffle,
+                                self.seed + self.epoch, self.group_by_length)
+
     def __iter__(self):
-        batches = modality_batches(self.rows, self.batch_size * self.num_replicas, self.shuffle,
-                                   self.seed + self.epoch, self.group_by_length)
-        yield from shard_batches(batches, self.num_replicas)
+        yield from shard_batches(self.global_batches(), self.num_replicas, self.batch_size, len(self.rows))
 
     def __len__(self) -> int:
         size = self.batch_size * self.num_replicas
         n_image = sum(bool(r.get("image")) for r in self.rows)
         return (-(-n_image // size) + -(-(len(self.rows) - n_image) // size)) * self.num_replicas
+
+    def dataset(self) -> DuplicateMarkedRows:
+        """The rows as the DataLoader's dataset, with the duplicates this sampler pads with marked."""
+        return DuplicateMarkedRows(self.rows, len(self) * self.batch_size)
 
 
 class MixedBatchError(ValueError):

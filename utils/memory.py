@@ -125,10 +125,23 @@ def measured_quant_state_bytes(model) -> int:
     return total
 
 
+def int8_kept_input_bytes(config, tokens: int, image: bool = True, compute_dtype: torch.dtype = torch.bfloat16) -> int:
+    """Bytes stock bitsandbytes keeps from forward to backward in 8-bit LoRA, gradient checkpointing or not:
+    every Linear8bitLt whose input requires grad keeps that input as a plain attribute (MatMul8bitLt's
+    ctx.tensors, MatMul8bitFp's ctx.A on CPU). Per decoder layer the distinct inputs are q/k/v's (one tensor),
+    o_proj's, gate/up's (one) and down_proj's: 3 x hidden + intermediate values per token; a cross-attention
+    layer's k/v read the image features, which need no grad, and text-only batches skip those layers.
+    2.13 MB/token for the 11B in bf16. utils.modeling.free_int8_inputs (on in training) removes all of it."""
+    t = config.text_config
+    layers = t.num_hidden_layers - (0 if image else len(t.cross_attention_layers))
+    act = torch.empty(0, dtype=compute_dtype).element_size()
+    return layers * (3 * t.hidden_size + t.intermediate_size) * tokens * act
+
+
 def plan_training_memory(config, precision: str, lora_settings: LoraSettings | None = None, batch_size: int = 2,
                          seq_len: int = 512, image: bool = True, gradient_checkpointing: bool = True,
                          skip_modules=DEFAULT_SKIP_MODULES, compute_dtype: torch.dtype = torch.bfloat16,
-                         tiles: int | None = None) -> dict[str, int]:
+                         tiles: int | None = None, int8_inputs_kept: bool = False) -> dict[str, int]:
     """Estimated peak bytes of one LoRA training step (an estimate; the weights part is exact).
 
     Assumptions (documented so the benchmark can check them):
@@ -143,6 +156,10 @@ def plan_training_memory(config, precision: str, lora_settings: LoraSettings | N
     - the frozen vision tower runs without autograd, so only its projected output
       (B*tiles*patches*H, 16-bit) survives, plus each cross-attention layer's K/V of it
       when those layers keep activations (no checkpointing), or one layer's when recomputed.
+    - 8-bit: the frozen int8 matmuls keep no input (utils.modeling.free_int8_inputs, which training switches
+      on). `int8_inputs_kept=True` plans stock bitsandbytes instead: + int8_kept_input_bytes (key
+      'int8_kept_inputs'), 2.13 MB/token for the 11B in bf16, measured exactly on the tiny model
+      (tests/test_int8_memory.py).
     - not included: CUDA context (~0.5 GiB, not in max_memory_allocated), allocator fragmentation,
       cuBLAS workspaces, the transient peak inside the no-grad vision tower.
     """
@@ -172,6 +189,8 @@ def plan_training_memory(config, precision: str, lora_settings: LoraSettings | N
         "activations": layers + vision_tokens * t.hidden_size * act,
         "logits": tokens * t.vocab_size * (act + 4 + 4),
     }
+    if precision == "8bit" and int8_inputs_kept:
+        plan["int8_kept_inputs"] = int8_kept_input_bytes(config, tokens, image, compute_dtype)
     plan["total"] = sum(plan.values())
     return plan
 

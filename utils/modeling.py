@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 from transformers import AutoProcessor, BitsAndBytesConfig, MllamaForConditionalGeneration
 
-from utils.config import (
-    DEFAULT_SKIP_MODULES,
-    MODEL_ID_11B,
-    PRECISIONS,
-    compute_dtype,
-    mixed_precision,
-    resolve_precision,
-    resolve_profile,
-)
+from utils.config import DEFAULT_SKIP_MODULES, MODEL_ID_11B, PRECISIONS, compute_dtype, mixed_precision
+from utils.setup import resolve_precision, resolve_profile
 
 
 class HubAccessError(RuntimeError):
@@ -66,12 +60,17 @@ QUANTIZATION_FIELDS = {
              "llm_int8_skip_modules"),
 }
 
+INT8_THRESHOLD_ZERO_WARNING = (
+    "llm_int8_threshold=0.0 puts every input column through int8: bitsandbytes casts the activations to fp16 to "
+    "quantize them, so a bf16 activation above 65504 becomes inf and its whole row inf/NaN (with 6.0 such columns "
+    "stay out of int8). Use 0.0 only to measure speed; train with the default 6.0.")
+
 
 def quantization_config(precision: str, skip_modules=DEFAULT_SKIP_MODULES,
                         threshold: float = 6.0, fsdp: bool | None = None) -> BitsAndBytesConfig | None:
     """BitsAndBytesConfig for '8bit' (LLM.int8) or '4bit' (nf4); None for 16/32-bit precisions.
 
-    'auto' is the precision `utils.config.choose_setup` picks for this machine. With `fsdp` (default:
+    'auto' is the precision `utils.setup.choose_setup` picks for this machine. With `fsdp` (default:
     inside an FSDP `accelerate launch`) 4-bit weights are stored in the compute dtype
     (`bnb_4bit_quant_storage`) so FSDP can shard them with the 16-bit parameters (QLoRA + FSDP); 8-bit
     weights cannot be sharded by FSDP at all (use DDP: configs/accelerate/).
@@ -83,6 +82,8 @@ def quantization_config(precision: str, skip_modules=DEFAULT_SKIP_MODULES,
     # older versions match substrings. Listing both forms works with either.
     skip = [p for name in (skip_modules or []) for p in (name, f"model.{name}")]
     if precision == "8bit":
+        if threshold <= 0.0:
+            warnings.warn(INT8_THRESHOLD_ZERO_WARNING, UserWarning, stacklevel=2)
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip, llm_int8_threshold=threshold)
     if precision == "4bit":
         storage = {"bnb_4bit_quant_storage": compute_dtype()} if (uses_fsdp() if fsdp is None else fsdp) else {}
@@ -120,7 +121,7 @@ def load_model(profile: str | None = None, precision: str = "8bit", model_name_o
                skip_modules=DEFAULT_SKIP_MODULES, int8_threshold: float = 6.0,
                attn_implementation: str = "sdpa") -> MllamaForConditionalGeneration:
     """The Mllama model for a profile, quantized per `precision` ('8bit' default; 'auto': the
-    precision `utils.config.choose_setup` picks for this machine and profile).
+    precision `utils.setup.choose_setup` picks for this machine and profile).
 
     16-bit parts use bf16 (compute capability 8.0+) / fp16 on a GPU and fp32 on CPU; on GPU
     everything goes to this process's device (`device_map()`: device 0 in a single-process run).
@@ -138,14 +139,79 @@ def load_model(profile: str | None = None, precision: str = "8bit", model_name_o
             f"{source} is gated: set HF_TOKEN (or Colab Secrets HF_TOKEN) after accepting the license "
             f"at https://huggingface.co/{source}. Or use profile='tiny' to run offline."
         )
+    # fp16 (T4, V100): the vision tower and projector are read from the checkpoint straight into fp32
+    # (transformers' _keep_in_fp32_modules, honoured only for an fp16 load) and run in fp32 (keep_vision_fp32).
+    fp32_parts = list(FP32_VISION_MODULES) if dtype == torch.float16 else None
     try:
-        model = MllamaForConditionalGeneration.from_pretrained(
-            source, dtype=dtype, quantization_config=quantization_config(precision, skip_modules, int8_threshold),
-            device_map=device_map(), attn_implementation=attn_implementation, token=get_hf_token(),
-        )
+        with _keep_in_fp32(fp32_parts):
+            model = MllamaForConditionalGeneration.from_pretrained(
+                source, dtype=dtype, quantization_config=quantization_config(precision, skip_modules, int8_threshold),
+                device_map=device_map(), attn_implementation=attn_implementation, token=get_hf_token(),
+            )
     except OSError as err:
         raise _hub_errors(source, err) from err
+    if fp32_parts:
+        keep_vision_fp32(model, dtype)
     model.config.use_cache = False
+    return model
+
+
+# Kept in fp32 when the rest of the model is fp16: fp16's range (65504) is what another implementation of this
+# model overflowed in the vision tower (NaNs); bf16 has fp32's range, so bf16 cards keep them bf16.
+FP32_VISION_MODULES = ("vision_model", "multi_modal_projector")
+
+
+class _keep_in_fp32:
+    """Within the block, from_pretrained loads the named modules in fp32 when asked for fp16 (the class attribute
+    `_keep_in_fp32_modules` that transformers reads at load time; restored afterwards)."""
+
+    def __init__(self, modules):
+        self.modules = modules
+
+    def __enter__(self):
+        self.saved = MllamaForConditionalGeneration.__dict__.get("_keep_in_fp32_modules", None)
+        if self.modules:
+            MllamaForConditionalGeneration._keep_in_fp32_modules = list(self.modules)
+
+    def __exit__(self, *exc):
+        if self.modules:
+            MllamaForConditionalGeneration._keep_in_fp32_modules = self.saved
+
+
+def keep_vision_fp32(model, language_dtype=torch.float16):
+    """Run the vision tower and the projector in fp32 inside an fp16 model: their weights in fp32 (a no-op when
+    load_model already read them so), their forward with autocast off (fp16 autocast would run their matmuls
+    in fp16 whatever the weights), and the projector's output cast to `language_dtype` for the cross-attention
+    layers. About 1.75 GB more than fp16 for the 11B (0.88 G parameters x 2 bytes). Returns the model."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for name in FP32_VISION_MODULES:
+        module = getattr(base.model, name)
+        if getattr(module, "_runs_in_fp32", False):
+            continue
+        module.float()
+        forward = module.forward
+        device_type = next(module.parameters()).device.type
+
+        def forward_fp32(*args, _forward=forward, _device=device_type, **kwargs):
+            with torch.autocast(device_type=_device, enabled=False):
+                return _forward(*args, **kwargs)
+
+        module.forward = forward_fp32
+        module._runs_in_fp32 = True
+    base.model.multi_modal_projector.register_forward_hook(lambda m, args, out: out.to(language_dtype))
+    # MllamaModel builds the cross-attention masks in `self.dtype`, its first parameter's dtype: now the vision
+    # tower's fp32. Cast them (and cached features) to the language model's dtype, fp32's minimum clamped to
+    # fp16's (a plain cast would make it -inf: NaN rows).
+    low = torch.finfo(language_dtype).min
+
+    def to_language_dtype(module, args, kwargs):
+        for key in ("cross_attention_mask", "full_text_row_masked_out_mask", "cross_attention_states"):
+            value = kwargs.get(key)
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and value.dtype != language_dtype:
+                kwargs[key] = value.clamp(min=low).to(language_dtype)
+        return args, kwargs
+
+    base.model.language_model.register_forward_pre_hook(to_language_dtype, with_kwargs=True)
     return model
 
 
@@ -181,3 +247,52 @@ def memory_line(model=None) -> str:
         parts.append(f"GPU {m['gpu_allocated_gib']:.2f} GiB in use, peak {m['gpu_peak_gib']:.2f} of "
                      f"{m['gpu_total_gib']:.1f} GiB")
     return "memory: " + " | ".join(parts)
+
+
+class _FrozenInt8Matmul(torch.autograd.Function):
+    """x @ W^T of a frozen bitsandbytes Linear8bitLt that keeps nothing of x for backward.
+
+    bitsandbytes' MatMul8bitLt (GPU) keeps its input as a plain attribute (`ctx.tensors = (CAt, subA, A)`;
+    MatMul8bitFp, its CPU training path, keeps `ctx.A`), not through save_for_backward, so non-reentrant
+    checkpointing cannot free it, and with a frozen weight backward never reads it. The forward here is the
+    layer's own (bitwise the stock output); backward is bitsandbytes' own grad_A line, grad_output @ the
+    dequantized weight (CB * SCB / 127), which needs only the weight."""
+
+    @staticmethod
+    def forward(ctx, x, layer):
+        ctx.layer, ctx.dtype, ctx.shape = layer, x.dtype, x.shape
+        return layer._stock_forward(x)  # grad mode is off in here: bitsandbytes keeps no ctx
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        state = ctx.layer.state
+        weight = state.CB.to(ctx.dtype, copy=True).mul_(state.SCB.unsqueeze(1).mul(1.0 / 127.0))
+        if grad_output.dim() == 3:
+            grad_output = grad_output.reshape(-1, grad_output.shape[-1]).contiguous()
+        return torch.matmul(grad_output.to(ctx.dtype), weight).view(ctx.shape), None
+
+
+def free_int8_inputs(model) -> int:
+    """Make every frozen 8-bit Linear (LoRA's base layers included) keep no input for backward
+    (_FrozenInt8Matmul): 8-bit LoRA with gradient checkpointing then retains what 16-bit LoRA retains, instead
+    of (3 x hidden + intermediate) values per token per decoder layer more (2.13 MB/token for the 11B in bf16).
+    Gradients are those of the stock path. Returns how many layers were switched (0 for a 16-bit or 4-bit model;
+    4-bit keeps only its weight already)."""
+    count = 0
+    for module in model.modules():
+        kind = type(module)  # bitsandbytes' layer, not peft's LoRA wrapper of the same name
+        if kind.__name__ != "Linear8bitLt" or not kind.__module__.startswith("bitsandbytes") \
+                or getattr(module, "_stock_forward", None) is not None:
+            continue
+        if module.weight.requires_grad or (module.bias is not None and module.bias.requires_grad):
+            continue
+        module._stock_forward = module.forward
+
+        def forward(x, _layer=module):
+            if not torch.is_grad_enabled() or not x.requires_grad:
+                return _layer._stock_forward(x)
+            return _FrozenInt8Matmul.apply(x, _layer)
+
+        module.forward = forward
+        count += 1
+    return count

@@ -3,7 +3,7 @@
     cfg, OUT, FIG, setup = setup_notebook(profile, precision, output_dir, "04_training")
 
 prints the library versions and the GPU, picks profile and precision with
-`utils.config.choose_setup` (a precision chosen in notebook 02 is taken from the run config when
+`utils.setup.choose_setup` (a precision chosen in notebook 02 is taken from the run config when
 the parameter is "auto"), resolves the output folder and returns the notebook's `cfg` (the profile's
 defaults, which parameters and widgets change). `reset_run_config=True` first deletes the run config,
 so nothing a rehearsal chose (a panel's r, a slider's max_seq_length) reaches this run.
@@ -21,8 +21,9 @@ import sys
 import warnings
 from pathlib import Path
 
-from utils.config import choose_setup, profile_defaults
+from utils.config import profile_defaults
 from utils.run_config import KEYS, clear_run_config, read_run_config, run_config_path
+from utils.setup import choose_setup
 
 
 def find_root(start=None) -> Path:

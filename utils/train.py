@@ -108,9 +108,10 @@ def freeze_vision_tower(model) -> bool:
 
 
 def prepare_for_training(model, gradient_checkpointing: bool = True):
-    """Gradient checkpointing in its non-reentrant form (the reentrant one fails on Mllama) and
-    a grad-free vision tower. Used instead of peft's prepare_model_for_kbit_training, which would
-    upcast every 16-bit weight (the whole vision tower) to fp32."""
+    """Gradient checkpointing in its non-reentrant form (the reentrant one fails on Mllama), a grad-free
+    vision tower and 8-bit base layers that keep no input for backward (utils.modeling.free_int8_inputs).
+    Used instead of peft's prepare_model_for_kbit_training, which would upcast every 16-bit weight (the whole
+    vision tower) to fp32."""
     if gradient_checkpointing:
         # transformers >= 5.2x renames it activation_checkpointing_enable; older 5.x has only the old name.
         if hasattr(model, "activation_checkpointing_enable"):
@@ -119,6 +120,9 @@ def prepare_for_training(model, gradient_checkpointing: bool = True):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     freeze_vision_tower(model)
+    from utils.modeling import free_int8_inputs
+
+    free_int8_inputs(model)  # 8-bit base layers keep no input for backward (see its docstring)
     model.config.use_cache = False
     return model
 
@@ -227,9 +231,12 @@ class ModalityTrainer(Trainer):
         sampler = ModalityBatchSampler(rows, batch_size, shuffle=shuffle, seed=self.args.seed,
                                        group_by_length=self.group_by_length,
                                        num_replicas=self.accelerator.num_processes)
-        loader = DataLoader(rows, batch_sampler=sampler, collate_fn=self.data_collator,
+        # The rows with the sampler's padding duplicates marked (no labels): see ModalityBatchSampler.
+        loader = DataLoader(sampler.dataset(), batch_sampler=sampler, collate_fn=self.data_collator,
                             num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)
-        return self.accelerator.prepare(loader)
+        prepared = self.accelerator.prepare(loader)
+        prepared.modality_sampler = sampler
+        return prepared
 
     def get_train_dataloader(self) -> DataLoader:
         return self._modality_loader(self.train_dataset, self._train_batch_size, shuffle=True)
@@ -241,6 +248,44 @@ class ModalityTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The stock loss, with logits computed only where an answer token is predicted (answer_positions_only)."""
         return super().compute_loss(model, answer_positions_only(inputs), return_outputs, num_items_in_batch)
+
+
+    def get_test_dataloader(self, test_dataset) -> DataLoader:
+        """Modality-pure batches for predict() too (Trainer's own loader would mix image and text rows)."""
+        loader = self._modality_loader(test_dataset, self.args.eval_batch_size, shuffle=False)
+        self._test_order = [i for b in loader.modality_sampler for i in b]  # what predict() gathers, in order
+        return loader
+
+    def predict(self, test_dataset, ignore_keys=None, metric_key_prefix: str = "test"):
+        """Trainer.predict with predictions (the logits) and label_ids in the rows' order, without the padding
+        duplicates: the loader yields rows by modality and length, and every global batch slice by slice."""
+        from transformers.trainer_utils import PredictionOutput
+
+        # Image batches also return the vision tower's outputs, text batches do not: keep the logits only.
+        ignore_keys = ["cache", "past_key_values", "image_outputs"] if ignore_keys is None else ignore_keys
+        out = super().predict(test_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        where = {row: pos for pos, row in enumerate(self._test_order) if row < len(test_dataset)}
+        order = [where[row] for row in range(len(test_dataset))]
+
+        def restore(values):
+            return values[order] if hasattr(values, "shape") and len(values) == len(self._test_order) else values
+
+        return PredictionOutput(predictions=restore(out.predictions), label_ids=restore(out.label_ids),
+                                metrics=out.metrics)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Trainer.save_model, also under FSDP with a SHARDED (or LOCAL) state dict: there Trainer writes nothing
+        (only FULL_STATE_DICT saves), so neither the final adapter nor a checkpoint's (Trainer saves each
+        checkpoint's model through this method) would exist in PEFT format. Here every process takes part in
+        gathering the full state dict (accelerate: FULL_STATE_DICT, rank 0 only, offloaded to CPU) and the main
+        process writes adapter_model.safetensors + adapter_config.json (peft keeps only the adapter's tensors),
+        the processor files and training_args.bin. The sharded checkpoint for resuming is saved as before."""
+        plugin = getattr(self.accelerator.state, "fsdp_plugin", None)
+        if self.is_fsdp_enabled and plugin is not None and "FULL_STATE_DICT" not in str(plugin.state_dict_type):
+            state_dict = self.accelerator.get_state_dict(self.model)  # collective: every process calls save_model
+            self._save(output_dir or self.args.output_dir, state_dict=state_dict)
+            return
+        super().save_model(output_dir, _internal_call=_internal_call)
 
     def log(self, logs: dict, start_time: float | None = None) -> None:
         seen = self.state.num_input_tokens_seen - getattr(self, "_initial_num_input_tokens_seen", 0)

@@ -30,6 +30,19 @@ import torch
 from PIL import Image
 
 MB = 1e6
+RAM_SHARE = 0.25  # default in-memory budget: this share of the RAM available now, split over the processes
+
+
+class CacheSpaceError(ValueError):
+    """The on-disk cache would not fit the free space of its folder (checked before anything is written)."""
+
+
+def default_memory_mb(processes: int = 1) -> float:
+    """The in-memory budget when none is given: RAM_SHARE of the RAM available now (psutil), divided among the
+    data-parallel processes of this machine (each keeps its own copy in memory). 52.5 MB per 11B image."""
+    import psutil
+
+    return RAM_SHARE * psutil.virtual_memory().available / MB / max(1, processes)
 
 
 def image_hash(path) -> str:
@@ -111,19 +124,24 @@ class VisionFeatureCache:
 
     # --- building -------------------------------------------------------------------------------
     @classmethod
-    def build(cls, model, processor, rows, max_memory_mb: float = 2048, cache_dir=None, lora_scope: str | None = None,
-              batch_size: int = 2, verbose: bool = True) -> "VisionFeatureCache":
+    def build(cls, model, processor, rows, max_memory_mb: float | None = None, cache_dir=None,
+              lora_scope: str | None = None, batch_size: int = 2, verbose: bool = True) -> "VisionFeatureCache":
         """One pass over the unique images of `rows` (train and eval rows together).
 
-        In memory when the estimate fits `max_memory_mb`; else on disk in `cache_dir` (files already
-        there for a hash are reused, not recomputed: a resumed run); past the budget without a
-        `cache_dir` it refuses. Refuses too when the features are not exact (`cache_is_exact`).
+        In memory when the estimate fits `max_memory_mb` (default: default_memory_mb(), a share of the RAM
+        available); else on disk in `cache_dir` (files already there for a hash are reused, not recomputed: a
+        resumed run, or the other processes of a data-parallel run once the main one has built it); past the
+        budget without a `cache_dir` it refuses. On disk, the free space is checked before anything is written
+        (CacheSpaceError: 1,000 11B images are 52 GB). Refuses too when the features are not exact.
         """
         exact, reason = cache_is_exact(model, lora_scope)
         if not exact:
             raise ValueError(f"vision feature cache refused: {reason}")
         base = _base(model)
         dtype = base.multi_modal_projector.weight.dtype
+        if getattr(base.multi_modal_projector, "_runs_in_fp32", False):  # fp16 card: features go in as fp16
+            dtype = base.language_model.embed_tokens.weight.dtype
+        max_memory_mb = default_memory_mb() if max_memory_mb is None else max_memory_mb
         paths = sorted({str(r["image"]) for r in rows if r.get("image")})
         keys = {p: image_hash(p) for p in paths}
         unique = sorted(set(keys.values()))
@@ -134,8 +152,19 @@ class VisionFeatureCache:
                              f"over max_memory_mb={max_memory_mb:,.0f}; give a cache_dir to keep them on disk")
         folder = None
         if not in_memory:
+            import shutil
+
             folder = Path(cache_dir) / _fingerprint(model, processor, dtype)
             folder.mkdir(parents=True, exist_ok=True)
+            done = sum(1 for k in unique if (folder / f"{k}.safetensors").exists())
+            missing = need * (len(unique) - done) / max(len(unique), 1)
+            free = shutil.disk_usage(folder).free
+            if missing > free:
+                raise CacheSpaceError(
+                    f"vision feature cache refused: {len(unique) - done} images still to write need "
+                    f"{missing / MB:,.0f} MB in {folder}, which has {free / MB:,.0f} MB free; free space there, "
+                    f"give a cache_dir on a bigger disk, raise max_memory_mb if RAM allows, or train without the "
+                    f"cache (--cache_vision_features off)")
         cache = cls(dtype, feature_shape(model.config), folder, in_memory)
         cache._keys = keys
         if verbose:
