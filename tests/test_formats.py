@@ -157,6 +157,21 @@ def test_decoded_image_dataset_saved_to_disk(tmp_path, capsys, monkeypatch):
     assert "4 good rows (4 with an image, 4 with several answers), 0 bad" in check_passes(tmp_path / "llava_mix", capsys)
 
 
+def test_hub_layout_image_dataset_goes_through_load_dataset(tmp_path):
+    """`datasets.load_dataset(id)` is the Hub path; a local folder in the Hub's layout (parquet with the Image
+    feature in its schema, as the Hub stores llava-instruct-mix-vsft) exercises it without a download."""
+    import datasets
+
+    hub = tmp_path / "user" / "llava_mix"
+    (hub / "data").mkdir(parents=True)
+    datasets.Dataset.from_list(llava_mix_rows(3)).to_parquet(str(hub / "data" / "train-00000-of-00001.parquet"))
+    assert datasets.load_dataset(str(hub), split="train").features["images"].feature == datasets.Image()
+    examples = load_examples(hub, split="train", image_dir=tmp_path / "images")
+    assert [e.answer for e in examples] == ["Hearing", "5100", "5"]
+    assert all(e.images[0].parent == tmp_path / "images" for e in examples)
+    assert examples[0].source == f"{hub}[train]:row 1"
+
+
 def test_image_features_left_undecoded_and_in_memory_datasets(tmp_path):
     """decode=False Image columns ({"bytes", "path"}) and in-memory Datasets / DatasetDicts load the same way."""
     import datasets
@@ -363,7 +378,7 @@ def test_cli_trains_3_steps_on_a_file_of_each_format(tiny_dir, tmp_path):
         (folder / path.name).write_text(text_.replace("../images/", f"{IMAGES}/"), encoding="utf-8")
     out = run_cli(folder, tmp_path, "--per_device_train_batch_size", "16")
     assert "train rows=21 eval rows=21" in out
-    assert "encoded 21 rows" in out
+    assert "encoded 21 rows (max_seq_length=256): 0 with a shortened prompt, 0 skipped; labels on every assistant answer" in out
 
 
 @pytest.mark.parametrize("kind", ["llava_mix", "unsloth"])
@@ -372,5 +387,15 @@ def test_cli_trains_3_steps_on_a_saved_dataset_with_decoded_images(tiny_dir, tmp
 
     rows = llava_mix_rows() if kind == "llava_mix" else unsloth_rows()
     datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / kind))
-    out = run_cli(tmp_path / kind, tmp_path, "--per_device_train_batch_size", "2")
-    assert f"train rows={len(rows)}" in out and "vision feature cache: " in out
+    flags = ["--mask_history"] if kind == "llava_mix" else []  # its rows have two answers each
+    out = run_cli(tmp_path / kind, tmp_path, "--per_device_train_batch_size", "2", *flags)
+    assert f"train rows={len(rows)}" in out and "vision feature cache: on" in out
+    assert ("labels on the last answer only (mask_history)" if flags else "labels on every assistant answer") in out
+
+
+def test_cli_names_an_unknown_format_once_and_exits_2(tmp_path):
+    path = write(tmp_path, [{"question": f"q{i}", "answer": "a"} for i in range(20)], "qa.jsonl")
+    done = subprocess.run([sys.executable, "scripts/run_lora_finetune.py", "--data_path", str(path), "--model", "tiny",
+                           "--output_dir", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.count("unknown row format") == 1 and "keys seen: question, answer" in done.stderr

@@ -232,8 +232,9 @@ def encode_all(processor, examples: list[Example], max_seq_length: int, date_str
     encoded_rows = [{k: v for k, v in r.items() if k != "skip"} for r in fits]
     if verbose:
         n_trunc = sum(r["truncated"] for r in encoded_rows)
+        labels = "the last answer only (mask_history)" if mask_history else "every assistant answer"
         print(f"encoded {len(encoded_rows)} rows (max_seq_length={max_seq_length}): {n_trunc} with a shortened "
-              f"prompt, {len(skipped)} skipped")
+              f"prompt, {len(skipped)} skipped; labels on {labels}")
         for row in skipped:
             print(f"  skipped {row['source']}: {row['skip']}")
     if not encoded_rows:

@@ -35,6 +35,7 @@ import binascii
 import hashlib
 import io
 import json
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -167,7 +168,7 @@ def store_image(image, folder=None) -> Path:
     path = folder / f"{hashlib.sha1(data).hexdigest()}.{ext}"
     if not path.is_file():
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # processes of one run may write it at once
         tmp.write_bytes(data)
         tmp.replace(path)  # never a half-written file under the real name
     return path
