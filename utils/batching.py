@@ -96,7 +96,10 @@ def encode(processor, example: Example, max_seq_length: int, date_string: str = 
     """
     tok = processor.tokenizer
     pieces = render_turns(processor, example, date_string)
-    last = max(i for i, (_, is_answer) in enumerate(pieces) if is_answer)
+    answers = [i for i, (_, is_answer) in enumerate(pieces) if is_answer]
+    if not answers:
+        raise ValueError(f"{example.source}: no assistant answer to train (utils.data checks rows for one)")
+    last = answers[-1]
     prompt_ids, prompt_labels = [], []
     for i, (text, is_answer) in enumerate(pieces[:last]):
         ids = tok(text, add_special_tokens=False).input_ids
