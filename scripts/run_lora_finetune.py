@@ -49,9 +49,10 @@ SEED_STATE_DICT = "lora_adapter_state_dict.pt"
 @dataclass
 class DataArguments:
     data_path: str = field(default=str(SAMPLE_TRAIN), metadata={
-        "help": "training data: a JSONL file (seed or chat format), a folder of JSONL files, a dataset saved "
-                "with save_to_disk, or a Hub dataset id (user/name, with --dataset_split); default: the profile's "
-                "sample set (tiny: data/construction_tiny_train.jsonl)"})
+        "help": "training data: a JSONL or JSON file (seed/Alpaca, chat messages, ShareGPT or TRL prompt/completion "
+                "rows; data/README.md), a folder of them, a dataset saved with save_to_disk, or a Hub dataset id "
+                "(user/name, with --dataset_split); default: the profile's sample set (tiny: "
+                "data/construction_tiny_train.jsonl)"})
     eval_data_path: str | None = field(default=None, metadata={
         "help": "held-out data (same forms); default: the sample eval split for the sample data, else a seeded "
                 "5%% of data_path"})
@@ -62,6 +63,10 @@ class DataArguments:
         "help": "longest row in tokens; longer prompts lose the middle of the user text (profile default)"})
     max_train_rows: int | None = field(default=None, metadata={"help": "use only N rows (after a seeded shuffle)"})
     skip_bad_rows: bool = field(default=False, metadata={"help": "drop bad rows (reported) instead of stopping"})
+    mask_history: bool = field(default=False, metadata={
+        "help": "train only the last assistant answer of each conversation (LLaMA-Factory's mask_history); by "
+                "default every assistant answer and its <|eot_id|> carry labels (TRL's assistant_only_loss, "
+                "LLaMA-Factory's default)"})
     num_proc: int | None = field(default=None, metadata={"help": "processes for tokenization (default min(4, cores))"})
 
 
@@ -353,7 +358,7 @@ def main(argv=None) -> int:
     try:
         with training_args.main_process_first(desc="tokenizing"):  # the others read its cache (.cache/encoded/)
             train_rows = encode_all(processor, train_examples, data_args.max_seq_length, verbose=main_process,
-                                    num_proc=data_args.num_proc)
+                                    num_proc=data_args.num_proc, mask_history=data_args.mask_history)
     except ValueError as err:
         return fail(f"{err}: raise --max_seq_length or shorten the answers", 2)
     eval_rows = None
@@ -361,7 +366,7 @@ def main(argv=None) -> int:
         try:
             with training_args.main_process_first(desc="tokenizing"):
                 eval_rows = encode_all(processor, eval_examples, data_args.max_seq_length, verbose=main_process,
-                                       num_proc=data_args.num_proc)
+                                       num_proc=data_args.num_proc, mask_history=data_args.mask_history)
         except ValueError as err:
             say(f"warning: eval split: {err}; training without eval loss")
     try:

@@ -18,41 +18,33 @@ fi
 "$PY" -m ipykernel install --user --name python3 >/dev/null 2>&1 || true
 
 # torchvision for the tests only (tests/test_torchvision_backend.py). Colab always has torchvision, and then
-# AutoProcessor picks the torchvision Mllama image processor instead of the PIL one. PyPI's torchvision for
-# this torch is a CUDA build whose compiled ops do not load against the CPU torch ("operator torchvision::nms
-# does not exist"), so where torchvision cannot be imported its Python code goes into a separate folder,
-# never into this Python: .cache/torchvision-site/lib, with a sitecustomize.py that stubs
-# torchvision._meta_registrations (the module that registers those ops). Only subprocesses that put the
-# folder on PYTHONPATH see it (tests/torchvision_env.py).
+# AutoProcessor picks the torchvision Mllama image processor instead of the PIL one. Where this Python has none,
+# a real one goes into a separate virtual environment, never into this Python: .cache/torchvision-venv, made with
+# --system-site-packages (it sees everything installed above; its own torch and torchvision come first there).
+# PyPI's torch/torchvision pair for Linux is a CUDA build (5.3 GB with its nvidia-* wheels; 115 s to install from
+# a local wheel cache on a shared 2-core machine) whose ops also run on the CPU. Built under CI (.ci/run sets CI)
+# or with LLAMA_VISION_TORCHVISION_VENV=1; without it the torchvision tests skip (and fail under CI).
 if ! "$PY" -c "import torchvision" 2>/dev/null; then
-  TV_SITE="${LLAMA_VISION_LORA_CACHE:-.cache}/torchvision-site"
-  TV_VERSION=${TORCHVISION_VERSION:-$("$PY" -c "import torch; v = torch.__version__.split('+')[0].split('.'); print(f'0.{int(v[1]) + 15}.*')")}
-  if [ "$(cat "$TV_SITE/requested" 2>/dev/null)" != "$TV_VERSION" ] || [ ! -f "$TV_SITE/lib/torchvision/__init__.py" ]; then
-    rm -rf "$TV_SITE"
-    mkdir -p "$TV_SITE"
-    if "$PY" -m pip install -q --no-deps --target "$TV_SITE/lib" "torchvision==$TV_VERSION"; then
-      echo "$TV_VERSION" > "$TV_SITE/requested"
-    else
-      echo "warning: could not install torchvision==$TV_VERSION into $TV_SITE; tests/test_torchvision_backend.py will skip (fail under CI)" >&2
+  TV_CACHE="${LLAMA_VISION_LORA_CACHE:-.cache}"
+  TV_VENV="$TV_CACHE/torchvision-venv"
+  TV_PACKAGES=${TORCHVISION_VENV_PACKAGES:-"torch==2.14.1 torchvision==0.29.1"}
+  rm -rf "$TV_CACHE/torchvision-site"  # the stubbed torchvision of earlier versions of this script
+  if [ "${LLAMA_VISION_TORCHVISION_VENV:-${CI:+1}}" = "1" ]; then
+    if [ "$(cat "$TV_VENV/requested" 2>/dev/null)" != "$TV_PACKAGES" ] || ! "$TV_VENV/bin/python" -c "import torchvision" 2>/dev/null; then
+      rm -rf "$TV_VENV"
+      if "$PY" -m venv --system-site-packages "$TV_VENV" && "$TV_VENV/bin/python" -m pip install -q $TV_PACKAGES; then
+        echo "$TV_PACKAGES" > "$TV_VENV/requested"
+      else
+        echo "warning: could not install $TV_PACKAGES into $TV_VENV; tests/test_torchvision_backend.py will skip (fail under CI)" >&2
+      fi
     fi
-  fi
-  cat > "$TV_SITE/sitecustomize.py" <<'SITE'
-"""Written by scripts/setup.sh. Makes the torchvision in ./lib importable next to a CPU-only torch: its
-compiled ops do not load, and torchvision._meta_registrations (which registers meta kernels for them) is
-replaced by an empty module. The Python transforms, which the image processors use, work."""
-import os
-import sys
-import types
-
-_lib = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib")
-if _lib not in sys.path:
-    sys.path.append(_lib)
-sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations"))
-SITE
-  if TV_FOUND=$(PYTHONPATH="$TV_SITE${PYTHONPATH:+:$PYTHONPATH}" "$PY" -c "import torchvision.transforms.v2, torchvision; print(torchvision.__version__)" 2>/dev/null); then
-    echo "torchvision $TV_FOUND for the tests in $TV_SITE (used with PYTHONPATH=$TV_SITE)"
+    if TV_FOUND=$("$TV_VENV/bin/python" -c "import torch, torchvision; print(f'torch {torch.__version__}, torchvision {torchvision.__version__}')" 2>/dev/null); then
+      echo "torchvision for the tests: $TV_FOUND in $TV_VENV"
+    else
+      echo "warning: torchvision in $TV_VENV does not import; tests/test_torchvision_backend.py will skip (fail under CI)" >&2
+    fi
   else
-    echo "warning: torchvision in $TV_SITE does not import; tests/test_torchvision_backend.py will skip (fail under CI)" >&2
+    echo "no torchvision here: tests/test_torchvision_backend.py will skip (LLAMA_VISION_TORCHVISION_VENV=1 bash scripts/setup.sh builds $TV_VENV, 5.3 GB)"
   fi
 fi
 # A font with Hangul for the Korean text in figures (utils.plots.cjk_font picks it up): Debian's fonts-noto-cjk.

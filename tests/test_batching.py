@@ -31,8 +31,13 @@ def test_template_matches_released_format(processor):
     with_image = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}]
     rendered = processor.apply_chat_template(with_image, tokenize=False)
     assert rendered == "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n<|image|>hi<|eot_id|>"
-    with pytest.raises(Exception, match="incompatible with system"):
-        processor.apply_chat_template([{"role": "system", "content": "be brief"}] + with_image, tokenize=False)
+    # Since December 2024 the released template takes a system message with an image: the system turn with the
+    # two date lines, then the system text (docs/facts.md).
+    rendered = processor.apply_chat_template([{"role": "system", "content": " be brief "}] + with_image,
+                                             tokenize=False, date_string="26 Jul 2024")
+    assert rendered == ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: "
+                        "December 2023\nToday Date: 26 Jul 2024\n\nbe brief<|eot_id|><|start_header_id|>user"
+                        "<|end_header_id|>\n\n<|image|>hi<|eot_id|>")
 
 
 def test_labels_are_exactly_the_answer_and_eot(processor, examples):
@@ -214,3 +219,94 @@ def test_encode_all_goes_through_a_cached_dataset_and_num_proc_2_gives_the_same_
     # Another max_seq_length is another cache entry.
     monkeypatch.undo()
     assert encode_all(processor, examples, 48, verbose=False, num_proc=1, cache_dir=tmp_path / "one") != expected
+
+
+def released_format(messages, date_string="26 Jul 2024", add_generation_prompt=False):
+    """The Llama 3.2 Vision Instruct format as the template on the Hub renders it since December 2024, written out
+    in Python from its rules (docs/facts.md): an independent statement of what the tiny template must produce."""
+    out, system, supplied = "<|begin_of_text|>", "", False
+    if messages[0]["role"] == "system":
+        system, supplied, messages = messages[0]["content"].strip(), True, messages[1:]
+    has_images = any(isinstance(m["content"], list) and any(c["type"] == "image" for c in m["content"]) for m in messages)
+    if supplied or not has_images:
+        out += (f"<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\n"
+                f"Today Date: {date_string}\n\n{system}<|eot_id|>")
+    for m in messages:
+        body = m["content"] if isinstance(m["content"], str) else "".join(
+            "<|image|>" if c["type"] == "image" else c["text"] for c in m["content"])
+        out += f"<|start_header_id|>{m['role']}<|end_header_id|>\n\n{body}<|eot_id|>"
+    return out + ("<|start_header_id|>assistant<|end_header_id|>\n\n" if add_generation_prompt else "")
+
+
+IMG, HI = {"type": "image"}, {"type": "text", "text": "hi "}
+CONVERSATIONS = {
+    "text": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+    "text + system": [{"role": "system", "content": "Be brief.\n"}, {"role": "user", "content": [HI]}],
+    "image": [{"role": "user", "content": [IMG, HI]}, {"role": "assistant", "content": [HI]}],
+    "image + system": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": [HI, IMG]}],
+    "image + empty system": [{"role": "system", "content": ""}, {"role": "user", "content": [IMG, HI]}],
+    "image in a later turn": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yes"},
+                              {"role": "user", "content": [IMG, HI]}, {"role": "assistant", "content": "a sign"}],
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONVERSATIONS))
+@pytest.mark.parametrize("add_generation_prompt", [False, True])
+def test_tiny_template_renders_the_released_format_byte_for_byte(processor, name, add_generation_prompt):
+    messages = CONVERSATIONS[name]
+    rendered = processor.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False,
+                                             date_string="26 Jul 2024")
+    assert rendered == released_format(messages, add_generation_prompt=add_generation_prompt)
+
+
+def multi_turn():
+    return load_examples(REPO / "data" / "examples" / "multi_turn.jsonl")
+
+
+def test_every_answer_is_trained_by_default_and_mask_history_trains_the_last(processor):
+    image_chat, three_answers, system_and_image = multi_turn()
+    assert trained_text(processor, encode(processor, three_answers, 512)["labels"]) == (
+        "formwork" + EOT + "A temporary mould that holds fresh concrete in shape until it hardens." + EOT
+        + three_answers.answer + EOT)
+    last_only = encode(processor, three_answers, 512, mask_history=True)
+    assert trained_text(processor, last_only["labels"]) == three_answers.answer + EOT
+    for ex in (image_chat, three_answers, system_and_image):
+        row = encode(processor, ex, 512)
+        full = processor.apply_chat_template(ex.messages, tokenize=False, date_string="26 Jul 2024")
+        assert processor.tokenizer(full, add_special_tokens=False).input_ids == row["input_ids"]
+        assert row["input_ids"] == encode(processor, ex, 512, mask_history=True)["input_ids"]
+        image_id = processor.tokenizer.convert_tokens_to_ids("<|image|>")
+        assert image_id not in row["labels"] and (image_id in row["input_ids"]) == bool(ex.images)
+    assert "Cutting Knowledge Date" in processor.tokenizer.decode(encode(processor, system_and_image, 512)["input_ids"])
+
+
+def test_an_image_in_a_later_turn_keeps_the_labels_exact(processor):
+    """Whether the system turn with the dates is rendered depends on an image anywhere in the chat: the answers
+    before the image's turn are found in the whole rendering, not in a prefix rendered without the image."""
+    image_chat = multi_turn()[0]
+    later = Example([{"role": "user", "content": [{"type": "text", "text": "Ready?"}]},
+                     {"role": "assistant", "content": [{"type": "text", "text": "Yes."}]}] + image_chat.messages,
+                    image_chat.images, source="x:9")
+    row = encode(processor, later, 512)
+    assert trained_text(processor, row["labels"]) == "Yes." + EOT + "Falling objects." + EOT + "A hard hat." + EOT
+    assert "Cutting Knowledge" not in processor.tokenizer.decode(row["input_ids"])  # image, no system message
+
+
+def test_truncation_with_several_answers_keeps_every_answer(processor):
+    image_chat = multi_turn()[0]
+    long_last = Example(image_chat.messages[:2] + [{"role": "user", "content": [{"type": "text", "text": "왜 " * 300}]},
+                                                   image_chat.messages[3]], image_chat.images, source="x:10")
+    row = encode(processor, long_last, 80)
+    assert row["truncated"] and len(row["input_ids"]) == 80
+    assert trained_text(processor, row["labels"]) == "Falling objects." + EOT + "A hard hat." + EOT
+    assert "<|image|>" in processor.tokenizer.decode(row["input_ids"])
+    assert "skip" in encode(processor, long_last, 30)  # the earlier turns alone do not fit: skipped, with the reason
+
+
+def test_encode_all_caches_each_label_choice_apart(processor, tmp_path):
+    rows = {flag: encode_all(processor, multi_turn(), 256, verbose=False, num_proc=1, cache_dir=tmp_path,
+                             mask_history=flag) for flag in (False, True)}
+    assert [len(list(tmp_path.glob("*-fits.arrow")))] == [2]
+    for r_all, r_last in zip(rows[False], rows[True]):
+        assert r_all["input_ids"] == r_last["input_ids"]
+        assert sum(t != IGNORE_INDEX for t in r_all["labels"]) > sum(t != IGNORE_INDEX for t in r_last["labels"])

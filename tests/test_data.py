@@ -83,12 +83,12 @@ def test_chat_format_rows(tmp_path):
     (tmp_path / "ok.png").write_bytes(IMAGE.read_bytes())
     path = write_lines(tmp_path, [json.dumps(r, ensure_ascii=False) for r in rows])
     examples, problems = read_jsonl(path)
-    assert [e.answer for e in examples] == ["안전모", "hello"]
+    assert [e.answer for e in examples] == ["안전모", "hello", "x"]  # a system message may go with an image
     assert examples[0].images == [(tmp_path / "ok.png").resolve()]
+    assert examples[2].messages[0] == {"role": "system", "content": "be brief"} and examples[2].images
     problems = by_line(problems)
-    assert set(problems) == {3, 4, 5, 6}
+    assert set(problems) == {3, 4, 5}
     assert "last message" in problems[3].reason
-    assert "system message cannot go with an image" in problems[6].reason
     assert "0 image path(s) but 1 image item(s)" in problems[4].reason
     assert "role" in problems[5].reason
 

@@ -4,20 +4,19 @@ AutoProcessor picks the torchvision `MllamaImageProcessor` whenever torchvision 
 on Colab) and `MllamaImageProcessorPil` otherwise (this CPU machine). The tests marked
 `image_processing` (collator and processor tests, here and in other files) run in this pytest process
 with the PIL one, and test_image_processing_tests_pass_with_torchvision reruns them in a subprocess
-with torchvision (tests/torchvision_env.py; scripts/setup.sh installs it into .cache/torchvision-site).
+with a real torchvision (tests/torchvision_env.py; scripts/setup.sh builds .cache/torchvision-venv).
 """
 
 import importlib.util
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from tests.torchvision_env import EXPECT_VAR, HOW_TO_INSTALL, torchvision_env
+from tests.torchvision_env import EXPECT_VAR, HOW_TO_INSTALL, torchvision_python
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGE = REPO / "data/images/train_count_02.png"
@@ -27,14 +26,14 @@ def backend(image_processor) -> str:
     return "pil" if type(image_processor).__name__.endswith("Pil") else "torchvision"
 
 
-def env_or_skip() -> dict:
-    """The torchvision environment; without it the test fails under CI (env CI set) and skips elsewhere."""
-    env = torchvision_env()
-    if env is None:
+def python_or_skip() -> tuple[str, dict]:
+    """(python, environment) with torchvision; without it the test fails under CI (env CI set), skips elsewhere."""
+    found = torchvision_python()
+    if found is None:
         if os.environ.get("CI"):
             pytest.fail(HOW_TO_INSTALL)
         pytest.skip(HOW_TO_INSTALL)
-    return env
+    return found
 
 
 def image():
@@ -45,8 +44,9 @@ def image():
 def test_autoprocessor_picks_the_torchvision_image_processor(tiny_dir):
     code = ("import sys; from transformers import AutoProcessor; ip = AutoProcessor.from_pretrained(sys.argv[1]).image_processor; "
             "print(type(ip).__module__ + '.' + type(ip).__name__)")
-    done = subprocess.run([sys.executable, "-c", code, tiny_dir], env=env_or_skip(), cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+    python, env = python_or_skip()
+    done = subprocess.run([python, "-c", code, tiny_dir], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     name = done.stdout.strip().splitlines()[-1]
     assert name == "transformers.models.mllama.image_processing_mllama.MllamaImageProcessor", name
@@ -54,8 +54,8 @@ def test_autoprocessor_picks_the_torchvision_image_processor(tiny_dir):
 
 def test_image_processing_tests_pass_with_torchvision(tiny_dir):
     """Reruns every test marked image_processing with torchvision; conftest.py checks the backend in that run."""
-    env = env_or_skip()
-    cmd = [sys.executable, "-m", "pytest", "-m", "image_processing", "-p", "no:cacheprovider", "-q", "--durations=5"]
+    python, env = python_or_skip()
+    cmd = [python, "-m", "pytest", "-m", "image_processing", "-p", "no:cacheprovider", "-q", "--durations=5"]
     done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=1200)
     output = done.stdout + done.stderr
     print(output[-3000:])  # shown with -s, or on failure

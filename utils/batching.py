@@ -1,8 +1,9 @@
 """Chat-template encoding, label masks, truncation and batching (notebooks 01 and 04).
 
-Only the assistant's answer and its <|eot_id|> carry labels; prompt, padding and <|image|>
-positions are -100. Token ids are built here once (prompt and answer tokenized separately, so
-the label boundary is exact) and the collator only pads them and adds the image tensors.
+Only the assistant's answers and their <|eot_id|> carry labels (every answer of a multi-turn chat, or only the
+last with `mask_history`); prompt, padding and <|image|> positions are -100. Token ids are built here once
+(prompt and answer pieces tokenized separately, so the label boundaries are exact) and the collator only pads
+them and adds the image tensors.
 """
 
 from __future__ import annotations
@@ -10,16 +11,16 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
-from PIL import Image
 from transformers.models.mllama.processing_mllama import (
     convert_sparse_cross_attention_mask_to_dense,
     get_cross_attention_token_mask,
 )
 
 from utils.config import PINNED_DATE
-from utils.data import Example
+from utils.data import Example, open_image
 
 IGNORE_INDEX = -100
 IMAGE_TOKEN = "<|image|>"
@@ -36,6 +37,43 @@ def render(processor, example: Example, date_string: str = PINNED_DATE) -> tuple
     return prompt, full[len(prompt):]
 
 
+def _apply(processor, messages, date_string, add_generation_prompt=False) -> str:
+    return processor.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False,
+                                         date_string=date_string)
+
+
+def render_turns(processor, example: Example, date_string: str = PINNED_DATE) -> list[tuple[str, bool]]:
+    """The rendered conversation cut into (text, is_answer) pieces that join to the whole text: every assistant
+    answer with its <|eot_id|> is an answer piece, everything between them a prompt piece.
+
+    Each answer is what the template adds for that message after the generation prompt (rendering the turns up
+    to it), then found in the whole conversation from the end of the previous answer on, behind that generation
+    prompt. Finding rather than cutting prefixes matters for the released template: whether the system turn
+    with the dates appears depends on an image anywhere in the conversation, so a prefix before the image's
+    turn renders differently from the same turns inside the whole conversation."""
+    messages = example.messages
+    full = _apply(processor, messages, date_string)
+    pieces, pos = [], 0
+    for k, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = _apply(processor, messages[:k], date_string, add_generation_prompt=True)
+        with_answer = _apply(processor, messages[:k + 1], date_string)
+        if not with_answer.startswith(before):
+            raise ValueError(f"{example.source}: chat template output does not start with the prompt; cannot mask labels")
+        header = before[len(_apply(processor, messages[:k], date_string)):]  # the generation prompt
+        answer = with_answer[len(before):]
+        start = full.find(header + answer, pos)
+        if start < 0 or not answer:
+            raise ValueError(f"{example.source}: answer {k} not found in the rendered chat; cannot mask labels")
+        start += len(header)
+        pieces += [(full[pos:start], False), (answer, True)]
+        pos = start + len(answer)
+    if pos < len(full):
+        pieces.append((full[pos:], False))
+    return [p for p in pieces if p[0]]
+
+
 def _last_index_of(seq: list[int], sub: list[int]) -> int:
     """Start of the last occurrence of `sub` in `seq`, or -1."""
     for start in range(len(seq) - len(sub), -1, -1):
@@ -44,21 +82,33 @@ def _last_index_of(seq: list[int], sub: list[int]) -> int:
     return -1
 
 
-def encode(processor, example: Example, max_seq_length: int, date_string: str = PINNED_DATE) -> dict:
+def encode(processor, example: Example, max_seq_length: int, date_string: str = PINNED_DATE,
+           mask_history: bool = False) -> dict:
     """Token ids and labels for one example; a too-long prompt loses the middle of its last user text.
 
-    Kept whole: everything up to the last user header (system turn, earlier turns, `<|image|>`), the
-    start of the user text (a third of what fits) and its end (the rest: for seed rows the `input`
-    term being asked about), then `<|eot_id|>` and the assistant header. The answer is never cut.
+    Labels: every assistant answer and its <|eot_id|> (what TRL's assistant_only_loss and LLaMA-Factory train),
+    or with `mask_history` only the last one (LLaMA-Factory's mask_history). Kept whole when truncating:
+    everything up to the last user header (system turn, earlier turns and their answers, `<|image|>`), the start
+    of the last user text (a third of what fits) and its end (the rest: for seed rows the `input` term being
+    asked about), then `<|eot_id|>`, the assistant header and the last answer, which is never cut.
     Returns a dict with input_ids, labels, image (path or None), source, truncated; or with
     `skip` set to the reason when the row cannot fit (nothing is dropped silently).
     """
     tok = processor.tokenizer
-    prompt, answer = render(processor, example, date_string)
-    prompt_ids = tok(prompt, add_special_tokens=False).input_ids
-    answer_ids = tok(answer, add_special_tokens=False).input_ids
+    pieces = render_turns(processor, example, date_string)
+    answers = [i for i, (_, is_answer) in enumerate(pieces) if is_answer]
+    if not answers:
+        raise ValueError(f"{example.source}: no assistant answer to train (utils.data checks rows for one)")
+    last = answers[-1]
+    prompt_ids, prompt_labels = [], []
+    for i, (text, is_answer) in enumerate(pieces[:last]):
+        ids = tok(text, add_special_tokens=False).input_ids
+        prompt_ids += ids
+        prompt_labels += ids if is_answer and not mask_history else [IGNORE_INDEX] * len(ids)
+    answer_ids = tok(pieces[last][0], add_special_tokens=False).input_ids
+    tail_ids = [t for text, _ in pieces[last + 1:] for t in tok(text, add_special_tokens=False).input_ids]
     out = {"image": str(example.images[0]) if example.images else None, "source": example.source, "truncated": False}
-    overflow = len(prompt_ids) + len(answer_ids) - max_seq_length
+    overflow = len(prompt_ids) + len(answer_ids) + len(tail_ids) - max_seq_length
     if overflow > 0:
         header = tok("<|start_header_id|>user<|end_header_id|>\n\n", add_special_tokens=False).input_ids
         start = _last_index_of(prompt_ids, header)
@@ -75,20 +125,26 @@ def encode(processor, example: Example, max_seq_length: int, date_string: str = 
                                    f"max_seq_length={max_seq_length}"}
         head = keep // 3
         prompt_ids = prompt_ids[:start + head] + prompt_ids[end - (keep - head):]
+        prompt_labels = prompt_labels[:start + head] + prompt_labels[end - (keep - head):]
         out["truncated"] = True
-    out["input_ids"] = prompt_ids + answer_ids
-    out["labels"] = [IGNORE_INDEX] * len(prompt_ids) + answer_ids
+    out["input_ids"] = prompt_ids + answer_ids + tail_ids
+    out["labels"] = prompt_labels + answer_ids + [IGNORE_INDEX] * len(tail_ids)
     return out
 
 
-ENCODE_VERSION = 1  # bump when encode() changes: the token cache (.cache/encoded/) is keyed on it
+ENCODE_VERSION = 2  # bump when encode() changes: the token cache (.cache/encoded/) is keyed on it
 
 
 def examples_dataset(examples: list[Example]):
-    """One `datasets.Dataset` with one schema for seed and chat rows: messages whose every content is a list
-    of typed parts ({"type", "text"}; a plain string becomes one text part, so Arrow infers one type), the
-    image paths and the source ("file:line")."""
+    """One `datasets.Dataset` with one schema for every row: messages whose every content is a list of typed
+    parts ({"type", "text"}; a plain string becomes one text part, so Arrow infers one type), the image paths
+    (an image given as bytes or a PIL image is stored once as a file, utils.data.store_image) and the source."""
     import datasets
+
+    from utils.data import store_image
+
+    def path(image):
+        return str(image if isinstance(image, (str, Path)) else store_image(image))
 
     def parts(content):
         if isinstance(content, str):
@@ -96,7 +152,7 @@ def examples_dataset(examples: list[Example]):
         return [{"type": c["type"], "text": c.get("text")} for c in content]
 
     rows = {"messages": [[{"role": m["role"], "content": parts(m["content"])} for m in ex.messages] for ex in examples],
-            "images": [[str(p) for p in ex.images] for ex in examples],
+            "images": [[path(p) for p in ex.images] for ex in examples],
             "source": [ex.source for ex in examples]}
     features = datasets.Features({
         "messages": [{"role": datasets.Value("string"),
@@ -113,20 +169,19 @@ def example_from_row(row: dict) -> Example:
         if m["role"] == "system":
             content = "".join(c.get("text", "") for c in content)
         messages.append({"role": m["role"], "content": content})
-    from pathlib import Path
-
     return Example(messages, [Path(p) for p in row["images"]], row["source"])
 
 
-def _encode_row(row: dict, processor, max_seq_length: int, date_string: str) -> dict:
-    out = encode(processor, example_from_row(row), max_seq_length, date_string)
+def _encode_row(row: dict, processor, max_seq_length: int, date_string: str, mask_history: bool) -> dict:
+    out = encode(processor, example_from_row(row), max_seq_length, date_string, mask_history)
     return {"input_ids": out.get("input_ids", []), "labels": out.get("labels", []), "image": out["image"],
             "source": out["source"], "truncated": out["truncated"], "skip": out.get("skip")}
 
 
-def encode_cache_key(processor, dataset, max_seq_length: int, date_string: str) -> str:
-    """Hash of the rows' content, the tokenizer and chat template, max_seq_length, the pinned date and
-    ENCODE_VERSION: an in-memory Dataset has a random fingerprint, so the cache file is named by this."""
+def encode_cache_key(processor, dataset, max_seq_length: int, date_string: str, mask_history: bool = False) -> str:
+    """Hash of the rows' content, the tokenizer and chat template, max_seq_length, the pinned date, the label
+    choice (mask_history) and ENCODE_VERSION: an in-memory Dataset has a random fingerprint, so the cache file is
+    named by this."""
     import hashlib
 
     tok = processor.tokenizer
@@ -140,7 +195,7 @@ def encode_cache_key(processor, dataset, max_seq_length: int, date_string: str) 
         digest.update(sink.getvalue().to_pybytes())
     template = getattr(processor, "chat_template", None) or getattr(tok, "chat_template", None) or ""
     for part in (type(tok).__name__, str(getattr(tok, "name_or_path", "")), str(len(tok)), str(template),
-                 str(max_seq_length), date_string, str(ENCODE_VERSION)):
+                 str(max_seq_length), date_string, f"mask_history={bool(mask_history)}", str(ENCODE_VERSION)):
         digest.update(part.encode())
         digest.update(b"\0")
     return digest.hexdigest()[:32]
@@ -153,24 +208,24 @@ def default_num_proc() -> int:
 
 
 def encode_all(processor, examples: list[Example], max_seq_length: int, date_string: str = PINNED_DATE,
-               verbose: bool = True, num_proc: int | None = None, cache_dir=None) -> list[dict]:
+               verbose: bool = True, num_proc: int | None = None, cache_dir=None,
+               mask_history: bool = False) -> list[dict]:
     """Encode every example through one `datasets.Dataset`: `.map(encode, num_proc)` cached in
     `cache_dir` (default .cache/encoded/, named by encode_cache_key, so a rerun does not re-tokenize) and
     `.filter` for rows that cannot fit. Prints how many were truncated or skipped, and why (file:line).
 
+    Labels: every assistant answer, or only the last with `mask_history` (encode).
     Returns a list of row dicts (input_ids, labels, image, source, truncated): `len`, `rows[i]`, `rows[:n]`."""
-    from pathlib import Path
-
     from utils.config import CACHE_DIR
 
     dataset = examples_dataset(examples)
-    key = encode_cache_key(processor, dataset, max_seq_length, date_string)
+    key = encode_cache_key(processor, dataset, max_seq_length, date_string, mask_history)
     folder = Path(cache_dir) if cache_dir else CACHE_DIR / "encoded"
     folder.mkdir(parents=True, exist_ok=True)
     n = num_proc or default_num_proc()
     n = max(1, min(n, len(dataset) // 8 or 1))  # a process per handful of rows only
     encoded = dataset.map(_encode_row, fn_kwargs={"processor": processor, "max_seq_length": max_seq_length,
-                                                  "date_string": date_string},
+                                                  "date_string": date_string, "mask_history": mask_history},
                           remove_columns=dataset.column_names, num_proc=n if n > 1 else None,
                           cache_file_name=str(folder / f"{key}.arrow"), new_fingerprint=key,
                           desc="tokenizing" if verbose else None)
@@ -180,8 +235,9 @@ def encode_all(processor, examples: list[Example], max_seq_length: int, date_str
     encoded_rows = [{k: v for k, v in r.items() if k != "skip"} for r in fits]
     if verbose:
         n_trunc = sum(r["truncated"] for r in encoded_rows)
+        labels = "the last answer only (mask_history)" if mask_history else "every assistant answer"
         print(f"encoded {len(encoded_rows)} rows (max_seq_length={max_seq_length}): {n_trunc} with a shortened "
-              f"prompt, {len(skipped)} skipped")
+              f"prompt, {len(skipped)} skipped; labels on {labels}")
         for row in skipped:
             print(f"  skipped {row['source']}: {row['skip']}")
     if not encoded_rows:
@@ -358,10 +414,7 @@ class Collator:
             states, num_tiles = self.vision_cache.batch([r["image"] for r in rows])
             pixels = {"cross_attention_states": states}
         elif all(with_image):
-            images = []
-            for r in rows:
-                with Image.open(r["image"]) as img:
-                    images.append([img.convert("RGB")])
+            images = [[open_image(r["image"])] for r in rows]  # opened only now, one batch at a time
             pixels = self.processor.image_processor(images=images, return_tensors="pt")
             num_tiles = pixels.pop("num_tiles")
         if all(with_image):

@@ -6,11 +6,10 @@ import html
 import re
 
 import torch
-from PIL import Image
 
 from utils.batching import IMAGE_TOKEN, Collator, render, to_device
 from utils.config import PINNED_DATE
-from utils.data import Example
+from utils.data import Example, open_image
 
 STOP_TOKENS = ("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>")
 
@@ -21,7 +20,7 @@ def generate_answer(model, processor, example: Example, max_new_tokens: int = 48
     """Greedy answer to an example's prompt. Returns {"answer", "stopped"}: stopped is True when the
     model ended its turn with <|eot_id|> within max_new_tokens."""
     prompt, _ = render(processor, example, date_string)
-    images = [Image.open(p).convert("RGB") for p in example.images] or None
+    images = [open_image(p) for p in example.images] or None
     inputs = processor(text=prompt, images=images, add_special_tokens=False, return_tensors="pt")
     inputs = to_device(dict(inputs), model)
     tok = processor.tokenizer

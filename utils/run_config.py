@@ -24,6 +24,7 @@ KEYS = {
     "model_name_or_path": "a local folder or Hub id instead of the profile's model",
     "precision": "weights: 8bit, 4bit, bf16, fp16, fp32",
     "max_seq_length": "longest row in tokens; longer prompts lose the middle of the user text",
+    "mask_history": "true: train only the last assistant answer of a multi-turn chat (default: every answer)",
     "lora_rank": "LoRA r", "lora_alpha": "LoRA alpha", "lora_dropout": "LoRA dropout",
     "target_modules": "comma-separated module names, e.g. q_proj,k_proj,v_proj,o_proj",
     "lora_scope": "language, cross_attention or language_vision",

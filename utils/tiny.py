@@ -9,6 +9,7 @@ exactly like the 11B model.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -83,6 +84,7 @@ def tiny_model_dir(cache_dir: Path | str | None = None, pretrain_steps: int | No
     steps = DEFAULT_PRETRAIN_STEPS if pretrain_steps is None else pretrain_steps
     path = Path(cache_dir or CACHE_DIR) / f"tiny-mllama-v{TINY_VERSION}-pt{steps}"
     if (path / "build.json").exists():
+        sync_chat_template(path)
         return path
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -96,3 +98,14 @@ def tiny_model_dir(cache_dir: Path | str | None = None, pretrain_steps: int | No
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)
     return path
+
+
+def sync_chat_template(model_dir: Path) -> None:
+    """A cached tiny model keeps the chat template it was built with; the template file is the one that counts
+    (it changes without changing the weights), so the cached copy is rewritten when they differ."""
+    cached = Path(model_dir) / "chat_template.jinja"
+    template = CHAT_TEMPLATE_FILE.read_text()
+    if cached.is_file() and cached.read_text() != template:
+        tmp = cached.with_name(f".chat_template.{os.getpid()}.tmp")  # processes may do this at the same time
+        tmp.write_text(template)
+        tmp.replace(cached)

@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 
 import torch
-from PIL import Image
+
+from utils.data import image_bytes, open_image
 
 MB = 1e6
 RAM_SHARE = 0.25  # default in-memory budget: this share of the RAM available now, split over the processes
@@ -45,9 +46,11 @@ def default_memory_mb(processes: int = 1) -> float:
     return RAM_SHARE * psutil.virtual_memory().available / MB / max(1, processes)
 
 
-def image_hash(path) -> str:
-    """sha1 of the image file's bytes: the same picture under two names is computed once."""
-    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+def image_hash(image) -> str:
+    """sha1 of the image's encoded bytes (a file path, bytes, a {"bytes", "path"} dict or a PIL image:
+    utils.data.image_bytes): the same picture under two names is computed once. Images stored inside a data set
+    are already files named by this hash (utils.data.store_image)."""
+    return hashlib.sha1(image_bytes(image)).hexdigest()
 
 
 def feature_shape(model_config) -> tuple[int, int, int]:
@@ -201,10 +204,7 @@ class VisionFeatureCache:
                 for b in tqdm(range(0, len(todo), batch_size), desc="vision features", disable=not verbose or not todo,
                               unit="batch"):
                     keys = todo[b:b + batch_size]
-                    images = []
-                    for key in keys:
-                        with Image.open(by_key[key]) as img:
-                            images.append([img.convert("RGB")])
+                    images = [[open_image(by_key[key])] for key in keys]
                     pixels = processor.image_processor(images=images, return_tensors="pt")
                     num_tiles = pixels.pop("num_tiles")
                     states = projector_output(model, pixels["pixel_values"], pixels["aspect_ratio_ids"],

@@ -394,11 +394,10 @@ def before_after_viewer(before_rows: list[dict], after_rows: list[dict], cfg: di
         if b.get("image"):
             import io
 
-            from PIL import Image as PILImage
+            from utils.data import open_image
 
-            with PILImage.open(b["image"]) as img:
-                buf = io.BytesIO()
-                img.convert("RGB").resize((224, 224)).save(buf, format="PNG")
+            buf = io.BytesIO()
+            open_image(b["image"]).resize((224, 224)).save(buf, format="PNG")
             image.value = buf.getvalue()
             image.layout.display = None
         else:
