@@ -5,7 +5,7 @@
     python scripts/run_notebooks.py --profile tiny --fresh --update-readme   # figures + README's before/after table
     python scripts/run_notebooks.py --fresh              # delete OUTPUT_DIR/run and run_config.json first
     python scripts/run_notebooks.py --only 01 --param train_file=/abs/path/train.jsonl --param max_steps=4
-    python scripts/run_notebooks.py --cell-timeout 1200  # seconds one cell may run (default 600)
+    python scripts/run_notebooks.py --cell-timeout 1800  # seconds one cell may run (default 1200)
 
 On the tiny profile the tiny base model is built first when it is not cached yet (scripts/setup.sh normally did).
 Executed copies go to OUTPUT_DIR/executed/, figures to OUTPUT_DIR/figures/. Exits non-zero
@@ -27,7 +27,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 README_IMAGES = REPO_ROOT / "README_IMAGES"
 KERNEL = "python3"
-CELL_TIMEOUT = int(os.environ.get("LLAMA_VISION_CELL_TIMEOUT", 600))  # seconds one cell may run headless
+CELL_TIMEOUT = int(os.environ.get("LLAMA_VISION_CELL_TIMEOUT", 1200))  # seconds one cell may run headless
 START_TIMEOUT = 120  # seconds for the kernel to start (a cold start on a busy 2-core CI box can take a while)
 
 
@@ -136,7 +136,7 @@ def fresh_start(out: Path, log=print) -> list[Path]:
 def prebuild_tiny(profile: str, log=print) -> Path | None:
     """On the tiny profile, build (and pre-train) the tiny base model before the first notebook starts, outside
     any cell timeout: on a fresh clone that skipped scripts/setup.sh it takes minutes on 2 CPU cores (more than
-    the 600 s cell timeout on a busy machine). Notebook 01's cell 1.4 then finds it. Returns its folder (None on
+    the 1200 s cell timeout on a busy machine). Notebook 01's cell 1.4 then finds it. Returns its folder (None on
     the 11b profile)."""
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))

@@ -109,9 +109,10 @@ def test_uneven_sizes_do_not_hang_and_two_processes_match_one(tiny_dir, tmp_path
     assert [s for s, _ in hist[0]["train"]] == [s for s, _ in hist[1]["train"]] == [1, 2, 3, 4, 5]  # one epoch
     for (_, a), (_, b) in zip(hist[0]["train"], hist[1]["train"]):
         assert math.isfinite(b) and abs(a - b) <= LOSS_TOLERANCE * abs(a), hist
-    (_, eval_one), = hist[0]["eval"]
-    (_, eval_two), = hist[1]["eval"]
-    assert math.isfinite(eval_two) and abs(eval_one - eval_two) <= LOSS_TOLERANCE * eval_one, hist
+    # eval_on_start (the CLI's default) and the last step: both points agree
+    assert [s for s, _ in hist[0]["eval"]] == [s for s, _ in hist[1]["eval"]] == [0, 5]
+    for (_, eval_one), (_, eval_two) in zip(hist[0]["eval"], hist[1]["eval"]):
+        assert math.isfinite(eval_two) and abs(eval_one - eval_two) <= LOSS_TOLERANCE * eval_one, hist
     a, b = (load_file(tmp_path / name / "adapter_model.safetensors") for name in ("one", "two"))
     # After 5 Adam steps a weight whose gradient is near zero turns reduction-order noise into an update
     # difference (Adam divides by sqrt(v)); measured on this 2-core CPU: 2 of ~90k values above 1e-5, max 3.4e-5.

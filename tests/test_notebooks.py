@@ -23,8 +23,8 @@ sys.path.insert(0, str(REPO / "scripts"))
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 TOKEN = re.compile(r"hf_[A-Za-z0-9]{30,}")
 BADGE = "https://colab.research.google.com/github/llama32-vision-lora/llama32-vision-lora/blob/main/notebooks/"
-CELL_TIMEOUT = 600  # seconds per cell; the slowest tiny cell (training in 04) takes about 2 minutes on 2 cores
-SERIES_TIMEOUT = 1800  # seconds for a whole run_notebooks.py subprocess
+CELL_TIMEOUT = 1200  # seconds per cell; the slowest tiny cell (training in 04) takes about 2 minutes on 2 idle cores, 10+ busy
+SERIES_TIMEOUT = 2700  # seconds for a whole run_notebooks.py subprocess
 # Notebooks run on the text-only and the image-only data sets (test_series_runs_on_data_variants):
 # the ones that read data files (02 and 03 do not; 04 and 05 fall back to the profile's LoRA settings).
 DATA_VARIANT_NOTEBOOKS = "01,04,05"
