@@ -38,10 +38,12 @@ class NotebookFailed(RuntimeError):
 SOLUTIONS = NOTEBOOK_DIR / "solutions.ipynb"  # the exercises worked out; reads what the series saved
 
 
-def notebooks(only: str | list[str] | None = None, solutions: bool = False) -> list[Path]:
+def notebooks(only: str | list[str] | None = None, solutions: bool = False, lang: str = "en") -> list[Path]:
     """The series in order; `only` = "01,03" or ["01", "03"] keeps those numbers ("solutions" names the
-    solutions notebook); `solutions=True` adds it after the series."""
-    paths = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+    solutions notebook); `solutions=True` adds it after the series. `lang="ko"`: the Korean series in
+    notebooks/ko/ (made by scripts/make_korean_notebooks.py)."""
+    folder = NOTEBOOK_DIR / "ko" if lang == "ko" else NOTEBOOK_DIR
+    paths = sorted(folder.glob("[0-9][0-9]_*.ipynb"))
     if only:
         wanted = {s.strip().zfill(2) for s in (only.split(",") if isinstance(only, str) else only) if s.strip()}
         solutions = solutions or "solutions" in wanted
@@ -156,7 +158,7 @@ def prebuild_tiny(profile: str, log=print) -> Path | None:
 def run_series(profile: str = "auto", output_dir: str | Path | None = None, only=None,
                update_readme_images: bool = False, extra_parameters: dict | None = None,
                fresh: bool = False, log=print, cell_timeout: int | None = CELL_TIMEOUT,
-               start_timeout: int = START_TIMEOUT, solutions: bool = False) -> dict[str, float]:
+               start_timeout: int = START_TIMEOUT, solutions: bool = False, lang: str = "en") -> dict[str, float]:
     """Execute the notebooks in order; returns {notebook name: seconds}. Raises NotebookFailed.
 
     Notebook 04 resumes from the last checkpoint in OUTPUT_DIR/run (the Colab-disconnect story);
@@ -175,12 +177,12 @@ def run_series(profile: str = "auto", output_dir: str | Path | None = None, only
     env_before = os.environ.get("MPLBACKEND")
     os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     times = {}
-    series = notebooks(only, solutions)
+    series = notebooks(only, solutions, lang)
     try:
         for i, path in enumerate(series, 1):
             t0 = time.time()
             log(f"[{i}/{len(series)}] {path.name} ...")
-            run_notebook(path, executed / path.name, cwd=NOTEBOOK_DIR, cell_timeout=cell_timeout,
+            run_notebook(path, executed / path.name, cwd=path.parent, cell_timeout=cell_timeout,
                          start_timeout=start_timeout,
                          parameters={"profile": profile, "output_dir": str(out), **(extra_parameters or {})})
             times[path.name] = time.time() - t0
@@ -255,6 +257,8 @@ def main(argv=None) -> int:
     parser.add_argument("--update-readme-images", "--update-readme", action="store_true",
                         help="copy OUTPUT_DIR/figures/*.png to README_IMAGES/ and (tiny profile) write notebook 05's "
                              "before/after table into README.md / README.ko.md")
+    parser.add_argument("--lang", choices=("en", "ko"), default="en",
+                        help="ko: run the Korean series (notebooks/ko/) instead of the English one")
     parser.add_argument("--solutions", action="store_true",
                         help="also run notebooks/solutions.ipynb (the exercises worked out) after the series")
     parser.add_argument("--param", action="append", type=parse_param, default=[], metavar="KEY=VALUE",
@@ -268,7 +272,7 @@ def main(argv=None) -> int:
     log = lambda *a: print(*a, flush=True)  # noqa: E731 - progress shows up at once when piped
     try:
         times = run_series(args.profile, args.output_dir, args.only, args.update_readme_images,
-                           extra_parameters=dict(args.param), fresh=args.fresh, log=log, solutions=args.solutions,
+                           extra_parameters=dict(args.param), fresh=args.fresh, log=log, solutions=args.solutions, lang=args.lang,
                            cell_timeout=args.cell_timeout or None, start_timeout=args.start_timeout)
     except NotebookFailed as err:
         print(f"\nFAILED: {err}", file=sys.stderr)

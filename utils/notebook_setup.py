@@ -52,14 +52,18 @@ def print_versions() -> None:
 
 
 def setup_notebook(profile: str = "auto", precision: str = "auto", output_dir="../outputs", notebook: str = "",
-                   versions: bool = True, reset_run_config: bool = False):
+                   versions: bool = True, reset_run_config: bool = False, lang: str = "en"):
     """(cfg, OUT, FIG, setup) for a notebook; prints versions, the setup line and where the precision came from.
 
     precision "auto" (or None) with LLAMA_VISION_PRECISION unset takes the run config's precision when the
     run config was written for the same profile (notebook 02 writes both), else `choose_setup` decides.
     `reset_run_config=True` deletes OUT/run_config.json first (and says so): every setting then comes from the
-    parameters and the profile defaults, as in a fresh clone.
+    parameters and the profile defaults, as in a fresh clone. `lang` ("en" or "ko") is the language utils/ prints
+    and draws in from here on (utils.i18n).
     """
+    from utils.i18n import set_language
+
+    set_language(lang)
     # On CPU, bitsandbytes logs "MatMul8bitLt: inputs will be cast ... to float16" at every 8-bit matmul: expected.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     # peft's get_peft_model asks transformers 5 for is_gradient_checkpointing, which warns about its new name
@@ -88,7 +92,7 @@ def setup_notebook(profile: str = "auto", precision: str = "auto", output_dir=".
     if taken:
         print(f"precision {setup.precision} <- run config (set by {run.get('_set_by', {}).get('precision', '?')})")
     cfg = {"profile": setup.profile, "precision": setup.precision, "output_dir": str(OUT), "notebook": notebook,
-           **profile_defaults(setup.profile)}
+           "lang": lang, **profile_defaults(setup.profile)}
     return cfg, OUT, FIG, setup
 
 
