@@ -183,3 +183,17 @@ def test_int8_threshold_zero_warns_and_why():
         with torch.no_grad():
             finite[threshold] = torch.isfinite(layer.to(torch.bfloat16).eval()(x).float()).all(dim=1).tolist()
     assert finite == {0.0: [True, False, True, True], 6.0: [True, True, True, True]}
+
+
+def test_dequantized_weight_is_the_8bit_weight_within_its_rounding(tiny_dir):
+    from utils.modeling import dequantized_weight
+
+    fp32 = load_model(model_name_or_path=tiny_dir, precision="fp32")
+    int8 = load_model(model_name_or_path=tiny_dir, precision="8bit")
+    exact = fp32.model.language_model.layers[0].self_attn.q_proj.weight.detach()
+    layer = int8.model.language_model.layers[0].self_attn.q_proj
+    assert type(layer).__name__ == "Linear8bitLt"
+    approx = dequantized_weight(layer)
+    step = exact.abs().amax(dim=1, keepdim=True) / 127  # one int8 step per row
+    assert approx.shape == exact.shape and ((approx - exact).abs() <= step / 2 + 1e-6).all()
+    assert torch.equal(dequantized_weight(fp32.lm_head), fp32.lm_head.weight.float())

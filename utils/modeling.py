@@ -296,3 +296,18 @@ def free_int8_inputs(model) -> int:
         module.forward = forward
         count += 1
     return count
+
+
+@torch.no_grad()
+def dequantized_weight(linear) -> torch.Tensor:
+    """The weight a Linear computes with, as fp32 (out x in): an 8-bit `Linear8bitLt` stores int8 values and one
+    scale per output row (W = CB * SCB / 127), a 4-bit `Linear4bit` packed nf4 values (bitsandbytes unpacks
+    them), a plain Linear its weight. Notebook 05 draws a trained LoRA update next to it."""
+    weight = linear.weight
+    if getattr(weight, "SCB", None) is not None and weight.dtype == torch.int8:
+        return weight.float() * weight.SCB.float().unsqueeze(1) / 127.0
+    if getattr(weight, "quant_state", None) is not None:
+        import bitsandbytes.functional as bnbf
+
+        return bnbf.dequantize_4bit(weight.data, weight.quant_state).float()
+    return weight.detach().float()
