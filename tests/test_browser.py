@@ -4,8 +4,9 @@ Starts JupyterLab on 127.0.0.1 with a token-less config in a temp dir, opens eac
 workspace, so nothing is saved into the repo), runs all cells on the tiny profile (LLAMA_VISION_PROFILE=tiny) and
 checks: no error output, the widgets render (no "Error displaying widget"), moving the 01 slider changes the
 truncation readout, moving the 03 r slider changes the LoRA numbers, the 03 LoRA panel refuses a choice that cannot
-train (no target, then only fc1 with scope language) and writes nothing to the run config, and the 02 fit widget
-starts at the reference plan and changes its verdict when the GPU changes. Every wait has a timeout, the whole test has a deadline, and the server is always killed.
+train (no target, then only fc1 with scope language) and writes nothing to the run config, the 02 fit widget
+starts at the reference plan and changes its verdict when the GPU changes, and the 04 training panel's max_steps
+changes its readout and the run config. Every wait has a timeout, the whole test has a deadline, and the server is always killed.
 
 Needs `jupyterlab` and `playwright` (requirements.txt) and `apt-get install chromium` (.ci/run does it); no browser
 download. Missing pieces skip the test locally and fail it under CI.
@@ -276,6 +277,18 @@ def test_notebooks_run_and_widgets_work_in_jupyterlab(browser_ready, tmp_path):
                             assert "fc1" in refusal and "Not used, not saved" in refusal, refusal
                             config = json.loads((ws / "outputs/run_config.json").read_text())
                             assert (config["target_modules"], config["lora_rank"]) == (["down_proj"], 4), config
+                        elif name.startswith("04"):
+                            readout = page.locator(".training-readout")
+                            before = _text(readout)
+                            assert "4 optimizer steps" in before, before  # this copy's max_steps parameter
+                            _set_slider(page, _labelled(page, "widget-slider", "max_steps"), 8)
+                            after = _changed(page, readout, before, "04: the training readout to change", deadline)
+                            assert "8 optimizer steps" in after and "rerun 4.10" in after, after
+
+                            def knobs_saved():
+                                return json.loads((ws / "outputs/run_config.json").read_text()).get("max_steps") == 8
+
+                            _wait(page, "04: the panel's max_steps in run_config.json", knobs_saved, 30, deadline, 0.5)
                         elif name.startswith("05"):
                             assert page.locator(".before-after-row").count() >= 1
                         page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.shutdown()")
