@@ -4,7 +4,7 @@
     python scripts/make_korean_notebooks.py --check   # exit 1 if a translation is missing or stale, or ko/ is old
     python scripts/make_korean_notebooks.py --todo    # the cells to (re)translate, with their English text
 
-The English notebooks are the one source of the code. `notebooks/ko/translation.json` holds, per notebook and
+The English notebooks are the one source of the code. `notebooks/ko/translations/<notebook>.json` holds, per
 cell id, the Korean text of every markdown cell and, for code cells, a list of [English, Korean] replacements
 (comments, printed explanations, labels). Each entry records a hash of the English cell it translates, so a
 change to an English cell makes its translation stale until someone updates it. Besides the entries, three rules
@@ -27,7 +27,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EN_DIR = REPO_ROOT / "notebooks"
 KO_DIR = EN_DIR / "ko"
-TRANSLATION = KO_DIR / "translation.json"
+TRANSLATIONS = KO_DIR / "translations"  # one <notebook name>.json per notebook: {cell id: entry}
 SERIES = ("01_data_inspection.ipynb", "02_load_8bit_and_memory.ipynb", "03_lora_configuration.ipynb",
           "04_training.ipynb", "05_export_and_inference.ipynb")
 BADGE = "/blob/main/notebooks/"
@@ -106,10 +106,10 @@ def translate_cell(cell: dict, entry: dict | None, where: str) -> dict:
     return out
 
 
-def problems(translations: dict) -> list[str]:
-    """Missing and stale translations, one line each (empty: the translation file is complete)."""
+def problems(translations: dict, names=SERIES) -> list[str]:
+    """Missing and stale translations, one line each (empty: the translation files are complete)."""
     found = []
-    for name in SERIES:
+    for name in names:
         nb = json.loads((EN_DIR / name).read_text(encoding="utf-8"))
         entries = translations.get(name, {})
         ids = {c["id"] for c in nb["cells"]}
@@ -125,10 +125,10 @@ def problems(translations: dict) -> list[str]:
     return found
 
 
-def build(translations: dict) -> dict[str, dict]:
+def build(translations: dict, names=SERIES) -> dict[str, dict]:
     """{file name: Korean notebook} for the series."""
     out = {}
-    for name in SERIES:
+    for name in names:
         nb = json.loads((EN_DIR / name).read_text(encoding="utf-8"))
         entries = translations.get(name, {})
         ko = copy.deepcopy(nb)
@@ -141,8 +141,10 @@ def dumps(nb: dict) -> str:
     return json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
 
 
-def load_translations(path: Path = TRANSLATION) -> dict:
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+def load_translations(folder: Path = TRANSLATIONS) -> dict:
+    """{notebook file name: {cell id: entry}} from the translation folder."""
+    return {name: json.loads((folder / (Path(name).stem + ".json")).read_text(encoding="utf-8"))
+            for name in SERIES if (folder / (Path(name).stem + ".json")).exists()}
 
 
 def main(argv=None) -> int:
@@ -150,9 +152,15 @@ def main(argv=None) -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 if a translation is missing or stale, or "
                                                              "notebooks/ko/ differs from what this script writes")
     parser.add_argument("--todo", action="store_true", help="print the cells to (re)translate with their English text")
+    parser.add_argument("--only", metavar="NAME", help="one notebook (e.g. 01_data_inspection) instead of the series")
     args = parser.parse_args(argv)
+    names = SERIES
+    if args.only:
+        names = tuple(n for n in SERIES if n.startswith(args.only))
+        if len(names) != 1:
+            parser.error(f"--only {args.only!r} names none or several of {', '.join(SERIES)}")
     translations = load_translations()
-    todo = problems(translations)
+    todo = problems(translations, names)
     if args.todo:
         for line in todo:
             name, cid = line.split(" ")[:2]
@@ -160,12 +168,12 @@ def main(argv=None) -> int:
             print(f"=== {line}\nen_sha: {sha(source(cell))}\n{source(cell)}\n")
         return 0
     if todo:
-        print("notebooks/ko/translation.json is not complete:\n  " + "\n  ".join(todo)
+        print("notebooks/ko/translations/ is not complete:\n  " + "\n  ".join(todo)
               + "\nTranslate those cells (python scripts/make_korean_notebooks.py --todo shows them), then rerun.",
               file=sys.stderr)
         return 1
     try:
-        built = build(translations)
+        built = build(translations, names)
     except TranslationError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -81,7 +81,7 @@ def test_same_losses_with_and_without_the_cache(tiny_dir, processor, rows, tmp_p
     assert sorted(on) == sorted(off) == list(range(1, 11))
     for step in off:
         assert on[step] == pytest.approx(off[step], rel=tol, abs=tol), (step, on, off)
-    assert sorted(eval_on) == [5, 10] and all(eval_on[s] == pytest.approx(eval_off[s], rel=tol) for s in eval_on)
+    assert sorted(eval_on) == sorted(eval_off) == [0, 5, 10] and all(eval_on[s] == pytest.approx(eval_off[s], rel=tol) for s in eval_on)
 
 
 def test_cached_batches_hold_the_features_that_change_the_loss(tiny_dir, processor, rows):
