@@ -21,6 +21,7 @@ from transformers.models.mllama.processing_mllama import (
 
 from utils.config import PINNED_DATE
 from utils.data import Example, open_image
+from utils.i18n import tr
 
 IGNORE_INDEX = -100
 IMAGE_TOKEN = "<|image|>"
@@ -228,18 +229,19 @@ def encode_all(processor, examples: list[Example], max_seq_length: int, date_str
                                                   "date_string": date_string, "mask_history": mask_history},
                           remove_columns=dataset.column_names, num_proc=n if n > 1 else None,
                           cache_file_name=str(folder / f"{key}.arrow"), new_fingerprint=key,
-                          desc="tokenizing" if verbose else None)
+                          desc=tr("tokenizing") if verbose else None)
     fits = encoded.filter(lambda skip: skip is None, input_columns="skip",
                           cache_file_name=str(folder / f"{key}-fits.arrow"), new_fingerprint=key + "-fits")
     skipped = [r for r in encoded.select_columns(["source", "skip"]) if r["skip"] is not None]
     encoded_rows = [{k: v for k, v in r.items() if k != "skip"} for r in fits]
     if verbose:
         n_trunc = sum(r["truncated"] for r in encoded_rows)
-        labels = "the last answer only (mask_history)" if mask_history else "every assistant answer"
-        print(f"encoded {len(encoded_rows)} rows (max_seq_length={max_seq_length}): {n_trunc} with a shortened "
-              f"prompt, {len(skipped)} skipped; labels on {labels}")
+        labels = tr("the last answer only (mask_history)") if mask_history else tr("every assistant answer")
+        print(tr("encoded {n} rows (max_seq_length={max_seq_length}): {n_trunc} with a shortened prompt, {n_skipped} "
+                 "skipped; labels on {labels}", n=len(encoded_rows), max_seq_length=max_seq_length, n_trunc=n_trunc,
+                 n_skipped=len(skipped), labels=labels))
         for row in skipped:
-            print(f"  skipped {row['source']}: {row['skip']}")
+            print(tr("  skipped {source}: {reason}", source=row["source"], reason=row["skip"]))  # the reason: English
     if not encoded_rows:
         raise ValueError(f"no row fits max_seq_length={max_seq_length}")
     return encoded_rows

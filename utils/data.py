@@ -41,6 +41,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from utils.i18n import tr
+
 MAX_IMAGES_PER_ROW = 1  # Llama 3.2 Vision Instruct is trained with one image per conversation
 ROLES = ("system", "user", "assistant")
 PLACEHOLDER = re.compile(r"<image>|<\|image\|>")  # LLaMA-Factory / LLaVA placeholder, and the model's own token
@@ -695,7 +697,8 @@ def load_examples(path, skip_bad: bool = False, max_images: int = MAX_IMAGES_PER
     if problems and not skip_bad:
         raise DataError(problems)
     if problems:
-        print(f"skip_bad=True: dropped {len({(p.path, p.line) for p in problems})} bad line(s) of {name}:\n{format_report(problems)}")
+        print(tr("skip_bad=True: dropped {n} bad line(s) of {name}:\n{report}", n=len({(p.path, p.line) for p in problems}),
+                 name=name, report=format_report(problems)))  # the report itself stays English (error messages)
     if not examples:
         raise DataError(problems, no_rows_message(name, problems))
     return examples

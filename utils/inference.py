@@ -10,8 +10,12 @@ import torch
 from utils.batching import IMAGE_TOKEN, Collator, render, to_device
 from utils.config import PINNED_DATE
 from utils.data import Example, open_image
+from utils.i18n import N_, tr
 
 STOP_TOKENS = ("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>")
+# Notebook 05's groups of rows (its dict keys stay English); the table and the chart translate them when shown.
+GROUP_NAMES = (N_("training rows"), N_("held-out, seen answer"), N_("held-out, new answer"))
+MARKS_NOTE = N_("✓ exact match · ⏹ stopped at &lt;|eot_id|&gt; · … ran to max_new_tokens")
 
 
 @torch.no_grad()
@@ -113,7 +117,8 @@ def before_after_html(before: dict, after: dict, max_chars: int = 80) -> str:
         marks = ("✓ " if row["exact"] else "") + ("⏹" if row["stopped"] else "…")
         return f"{html.escape(row['answer'][:max_chars])} <small>{marks}</small>"
 
-    head = "<tr><th>prompt</th><th>image</th><th>expected</th><th>before</th><th>after</th></tr>"
+    head = "<tr>" + "".join(f"<th>{tr(name)}</th>" for name in (
+        N_("prompt"), N_("image"), N_("expected"), N_("before"), N_("after"))) + "</tr>"
     body = "".join(
         f"<tr><td>{html.escape(b['prompt'][:max_chars])}</td><td>{'🖼' if b['image'] else ''}</td>"
         f"<td>{html.escape(b['expected'][:max_chars])}</td><td>{cell(b)}</td><td>{cell(a)}</td></tr>"
@@ -121,19 +126,20 @@ def before_after_html(before: dict, after: dict, max_chars: int = 80) -> str:
     summary = "".join(
         f"<tr><th>{k}</th><td>{before[k]:.3f}</td><td>{after[k]:.3f}</td></tr>"
         for k in ("exact_match", "stop_rate", "eval_loss") if k in before and k in after)
-    return (f"<table><tr><th></th><th>before</th><th>after</th></tr>{summary}</table><br>"
+    return (f"<table><tr><th></th><th>{tr('before')}</th><th>{tr('after')}</th></tr>{summary}</table><br>"
             f"<table style='font-size:90%'>{head}{body}</table>"
-            "<small>✓ exact match · ⏹ stopped at &lt;|eot_id|&gt; · … ran to max_new_tokens</small>")
+            f"<small>{tr(MARKS_NOTE)}</small>")
 
 
-METRICS = (("exact_match", "exact match", "{:.0%}"), ("form_rate", "right form", "{:.0%}"),
-           ("eval_loss", "answer loss (nats/token)", "{:.2f}"))
+METRICS = (("exact_match", N_("exact match"), "{:.0%}"), ("form_rate", N_("right form"), "{:.0%}"),
+           ("eval_loss", N_("answer loss (nats/token)"), "{:.2f}"))
 
 
 def results_table_html(groups: dict) -> str:
     """One table of notebook 05's results: {group: {"before": evaluate_answers(...) + eval_loss, "after": ...}}
     -> rows = group x metric, columns base / adapted (k/n for the shares)."""
-    head = "<tr><th>rows</th><th>metric</th><th>base</th><th>adapted</th></tr>"
+    head = "<tr>" + "".join(f"<th>{tr(name)}</th>" for name in (
+        N_("rows"), N_("metric"), N_("base"), N_("adapted"))) + "</tr>"
     body = []
     for name, sides in groups.items():
         n = sides["before"]["n"]
@@ -144,5 +150,6 @@ def results_table_html(groups: dict) -> str:
             for side in ("before", "after"):
                 v = sides[side][key]
                 cells.append(fmt.format(v) + (f" ({round(v * n)}/{n})" if fmt.endswith("%}") else ""))
-            body.append(f"<tr><td>{html.escape(name)} ({n})</td><td>{label}</td><td>{cells[0]}</td><td>{cells[1]}</td></tr>")
+            body.append(f"<tr><td>{html.escape(tr(name))} ({n})</td><td>{tr(label)}</td><td>{cells[0]}</td>"
+                        f"<td>{cells[1]}</td></tr>")
     return f"<table>{head}{''.join(body)}</table>"

@@ -9,6 +9,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from utils.config import LoraSettings
+from utils.i18n import tr
 
 # Scope -> regex over full module names (peft accepts a regex string as target_modules).
 SCOPES = {
@@ -96,7 +97,8 @@ def without_lora(model):
 def trainable_summary(model) -> str:
     """One line: trainable parameters of `model` (count_parameters), of how many, and the percentage."""
     trainable, total = count_parameters(model)
-    return f"trainable parameters: {trainable:,} of {total:,} ({trainable / total:.2%})"
+    return tr("trainable parameters: {trainable:,} of {total:,} ({share:.2%})", trainable=trainable, total=total,
+              share=trainable / total)
 
 
 def _n_values(p) -> int:

@@ -13,6 +13,7 @@ import torch
 from transformers import MllamaConfig, MllamaForConditionalGeneration
 
 from utils.config import DEFAULT_SKIP_MODULES, LoraSettings
+from utils.i18n import N_
 
 GROUPS = ("vision_model", "multi_modal_projector", "language_linear", "embed_tokens", "language_other", "lm_head")
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -198,10 +199,10 @@ def plan_training_memory(config, precision: str, lora_settings: LoraSettings | N
 def memory_plan_rows(config=None, compute_dtype: torch.dtype = torch.bfloat16) -> dict[str, dict[str, int]]:
     """The five load plans the memory chart compares: fp32, bf16, int8 (vision 16-bit), int8 all, nf4."""
     model = meta_model(config)
-    return {
+    return {  # the keys are the chart's bar names (N_: plot_memory_plan translates them)
         "fp32": plan_load_memory(model, "fp32"),
         "bf16": plan_load_memory(model, "bf16"),
-        "int8 (vision 16-bit)": plan_load_memory(model, "8bit", DEFAULT_SKIP_MODULES, compute_dtype),
-        "int8 all": plan_load_memory(model, "8bit", ("lm_head",), compute_dtype),
+        N_("int8 (vision 16-bit)"): plan_load_memory(model, "8bit", DEFAULT_SKIP_MODULES, compute_dtype),
+        N_("int8 all"): plan_load_memory(model, "8bit", ("lm_head",), compute_dtype),
         "nf4": plan_load_memory(model, "4bit", DEFAULT_SKIP_MODULES, compute_dtype),
     }

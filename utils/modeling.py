@@ -9,6 +9,7 @@ import torch
 from transformers import AutoProcessor, BitsAndBytesConfig, MllamaForConditionalGeneration
 
 from utils.config import DEFAULT_SKIP_MODULES, MODEL_ID_11B, PRECISIONS, compute_dtype, mixed_precision
+from utils.i18n import tr
 from utils.setup import resolve_precision, resolve_profile
 
 
@@ -241,12 +242,12 @@ def memory_line(model=None) -> str:
     m = memory_readout(model)
     parts = []
     if "model_footprint_gib" in m:
-        parts.append(f"model {m['model_footprint_gib']:.2f} GiB")
-    parts.append(f"process {m['process_rss_gib']:.2f} GiB of RAM")
+        parts.append(tr("model {gib:.2f} GiB", gib=m["model_footprint_gib"]))
+    parts.append(tr("process {gib:.2f} GiB of RAM", gib=m["process_rss_gib"]))
     if "gpu_total_gib" in m:
-        parts.append(f"GPU {m['gpu_allocated_gib']:.2f} GiB in use, peak {m['gpu_peak_gib']:.2f} of "
-                     f"{m['gpu_total_gib']:.1f} GiB")
-    return "memory: " + " | ".join(parts)
+        parts.append(tr("GPU {used:.2f} GiB in use, peak {peak:.2f} of {total:.1f} GiB", used=m["gpu_allocated_gib"],
+                        peak=m["gpu_peak_gib"], total=m["gpu_total_gib"]))
+    return tr("memory: ") + " | ".join(parts)
 
 
 class _FrozenInt8Matmul(torch.autograd.Function):

@@ -22,6 +22,7 @@ import warnings
 from pathlib import Path
 
 from utils.config import profile_defaults
+from utils.i18n import N_, tr
 from utils.run_config import KEYS, clear_run_config, read_run_config, run_config_path
 from utils.setup import choose_setup
 
@@ -48,7 +49,7 @@ def print_versions() -> None:
 
     for lib in (torch, transformers, peft, bitsandbytes):
         print(f"{lib.__name__:13s} {lib.__version__}")
-    print("CUDA:", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "not available (CPU)")
+    print("CUDA:", torch.cuda.get_device_name(0) if torch.cuda.is_available() else tr("not available (CPU)"))
 
 
 def setup_notebook(profile: str = "auto", precision: str = "auto", output_dir="../outputs", notebook: str = "",
@@ -77,10 +78,10 @@ def setup_notebook(profile: str = "auto", precision: str = "auto", output_dir=".
     if reset_run_config:
         path = run_config_path(OUT)
         if clear_run_config(OUT):
-            print(f"reset_run_config=True: deleted {path}; the choices of earlier runs (data files, "
-                  "max_seq_length, precision, LoRA) are forgotten")
+            print(tr("reset_run_config=True: deleted {path}; the choices of earlier runs (data files, "
+                     "max_seq_length, precision, LoRA) are forgotten", path=path))
         else:
-            print(f"reset_run_config=True: nothing to delete ({path} does not exist yet)")
+            print(tr("reset_run_config=True: nothing to delete ({path} does not exist yet)", path=path))
     setup = choose_setup(profile, precision)
     run = read_run_config(OUT)
     env_precision = os.environ.get("LLAMA_VISION_PRECISION", "").strip().lower() not in ("", "auto")
@@ -90,7 +91,8 @@ def setup_notebook(profile: str = "auto", precision: str = "auto", output_dir=".
         setup = choose_setup(setup.profile, run["precision"])
     print(setup)  # the decision, the planned training peak next to this GPU's memory
     if taken:
-        print(f"precision {setup.precision} <- run config (set by {run.get('_set_by', {}).get('precision', '?')})")
+        print(tr("precision {precision} <- run config (set by {notebook})", precision=setup.precision,
+                 notebook=run.get("_set_by", {}).get("precision", "?")))
     cfg = {"profile": setup.profile, "precision": setup.precision, "output_dir": str(OUT), "notebook": notebook,
            "lang": lang, **profile_defaults(setup.profile)}
     return cfg, OUT, FIG, setup
@@ -99,56 +101,57 @@ def setup_notebook(profile: str = "auto", precision: str = "auto", output_dir=".
 # What each setting means, for describe(): cfg's keys, LoraConfig's and BitsAndBytesConfig's fields, and the
 # run config's keys (utils.run_config.KEYS).
 MEANINGS = {**KEYS,
-    "profile": "the model: tiny (offline, CPU) or 11b (meta-llama/Llama-3.2-11B-Vision-Instruct)",
-    "precision": "the base weights: 8bit (LLM.int8), 4bit (nf4), bf16 or fp32",
-    "output_dir": "every notebook reads and writes here",
-    "max_seq_length": "longest row in tokens (prompt + answer); longer prompts are shortened",
-    "per_device_train_batch_size": "rows per training step",
-    "gradient_accumulation_steps": "steps summed into one optimizer update",
-    "max_steps": "optimizer updates in training (-1: whole epochs)",
-    "num_train_epochs": "passes over the training rows (when max_steps is -1)",
-    "learning_rate": "peak learning rate of the adapter",
-    "max_train_rows": "training rows used (None: all)",
-    "max_eval_rows": "held-out rows for the eval loss (None: all)",
-    "lora": "LoRA: rank r, alpha (the update is scaled by alpha / r), dropout, target modules, scope",
-    "r": "LoRA rank: A is r x in_features, B is out_features x r",
-    "lora_alpha": "the update B·A is scaled by lora_alpha / r",
-    "lora_dropout": "dropout on the adapter's input",
-    "target_modules": "the Linear layers that get adapters (short names; in LoraConfig a regex over full names)",
-    "bias": "base biases stay frozen (none)",
-    "task_type": "the loss: next-token prediction on the language model's output",
-    "load_in_8bit": "LLM.int8: Linear weights in int8, one scale per output row",
-    "load_in_4bit": "nf4: Linear weights in 4 bits, one scale per block",
-    "llm_int8_threshold": "input columns with any |x| above this are multiplied in 16-bit (the outliers)",
-    "llm_int8_skip_modules": "kept in 16-bit (each name in both forms: transformers 5 matches from the start)",
-    "bnb_4bit_quant_type": "the 4-bit number format",
-    "bnb_4bit_use_double_quant": "the block scales are quantized too",
-    "bnb_4bit_compute_dtype": "4-bit weights are unpacked to this dtype for each matmul",
+    "profile": N_("the model: tiny (offline, CPU) or 11b (meta-llama/Llama-3.2-11B-Vision-Instruct)"),
+    "precision": N_("the base weights: 8bit (LLM.int8), 4bit (nf4), bf16 or fp32"),
+    "output_dir": N_("every notebook reads and writes here"),
+    "max_seq_length": N_("longest row in tokens (prompt + answer); longer prompts are shortened"),
+    "per_device_train_batch_size": N_("rows per training step"),
+    "gradient_accumulation_steps": N_("steps summed into one optimizer update"),
+    "max_steps": N_("optimizer updates in training (-1: whole epochs)"),
+    "num_train_epochs": N_("passes over the training rows (when max_steps is -1)"),
+    "learning_rate": N_("peak learning rate of the adapter"),
+    "max_train_rows": N_("training rows used (None: all)"),
+    "max_eval_rows": N_("held-out rows for the eval loss (None: all)"),
+    "lora": N_("LoRA: rank r, alpha (the update is scaled by alpha / r), dropout, target modules, scope"),
+    "r": N_("LoRA rank: A is r x in_features, B is out_features x r"),
+    "lora_alpha": N_("the update B·A is scaled by lora_alpha / r"),
+    "lora_dropout": N_("dropout on the adapter's input"),
+    "target_modules": N_("the Linear layers that get adapters (short names; in LoraConfig a regex over full names)"),
+    "bias": N_("base biases stay frozen (none)"),
+    "task_type": N_("the loss: next-token prediction on the language model's output"),
+    "load_in_8bit": N_("LLM.int8: Linear weights in int8, one scale per output row"),
+    "load_in_4bit": N_("nf4: Linear weights in 4 bits, one scale per block"),
+    "llm_int8_threshold": N_("input columns with any |x| above this are multiplied in 16-bit (the outliers)"),
+    "llm_int8_skip_modules": N_("kept in 16-bit (each name in both forms: transformers 5 matches from the start)"),
+    "bnb_4bit_quant_type": N_("the 4-bit number format"),
+    "bnb_4bit_use_double_quant": N_("the block scales are quantized too"),
+    "bnb_4bit_compute_dtype": N_("4-bit weights are unpacked to this dtype for each matmul"),
 }
 
 
 def _shown(value) -> str:
     """A value as a person reads it: lists comma-joined, a LoRA dict on one line, floats without trailing noise."""
     if isinstance(value, dict) and "r" in value and "target_modules" in value:
-        return (f"r={value['r']}, alpha={value.get('lora_alpha')} (scale {value.get('lora_alpha', 0) / value['r']:g}), "
-                f"dropout {value.get('lora_dropout', 0):g}, on {','.join(value['target_modules'])} "
-                f"in scope {value.get('scope', 'language')}")
+        return tr("r={r}, alpha={alpha} (scale {scale:g}), dropout {dropout:g}, on {targets} in scope {scope}",
+                  r=value["r"], alpha=value.get("lora_alpha"), scale=value.get("lora_alpha", 0) / value["r"],
+                  dropout=value.get("lora_dropout", 0), targets=",".join(value["target_modules"]),
+                  scope=value.get("scope", "language"))
     if isinstance(value, (list, tuple, set)):
         return ", ".join(map(str, value))
     return str(getattr(value, "value", value))  # enums (peft's TaskType) by their value
 
 
-def describe(settings, keys, title: str | None = "this notebook uses") -> None:
+def describe(settings, keys, title: str | None = N_("this notebook uses")) -> None:
     """Print `keys` of `settings` (a dict such as cfg, or a config object such as LoraConfig or
     BitsAndBytesConfig: its attributes), one line each: name, value and what it means (MEANINGS).
     A readable stand-in for showing a whole dict or a 45-field repr. Used by every notebook after setup."""
     def get(key):
         return settings[key] if isinstance(settings, dict) else getattr(settings, key)
 
-    rows = [(key, _shown(get(key)), MEANINGS.get(key, "")) for key in keys]
+    rows = [(key, _shown(get(key)), tr(MEANINGS.get(key, ""))) for key in keys]
     width = max((len(k) for k, _, _ in rows), default=0)
     value_width = max((len(v) for _, v, _ in rows if len(v) <= 40), default=0)
-    lines = [f"{title}:"] if title else []
+    lines = [f"{tr(title)}:"] if title else []
     for key, value, meaning in rows:
         if len(value) > value_width and meaning:  # a long value (a path, a module list): its meaning below it
             lines += [f"  {key:{width}s}  {value}", f"  {'':{width}s}  {'':{value_width}s}  {meaning}"]

@@ -10,6 +10,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from transformers import TrainerCallback
 
+from utils.i18n import N_, get_language, tr
 from utils.memory import GROUPS
 
 # ---------------------------------------------------------------- Korean text in figures
@@ -18,7 +19,7 @@ from utils.memory import GROUPS
 CJK_FONTS = ("Noto Sans CJK KR", "Noto Sans KR", "Noto Sans CJK JP", "Noto Serif CJK KR", "NanumGothic",
              "Malgun Gothic", "Apple SD Gothic Neo", "AppleGothic", "Source Han Sans KR", "UnDotum")
 _CJK_FILE_HINTS = ("cjk", "nanum", "malgun", "gothic", "notosanskr", "sourcehan", "undotum")
-CJK_MISSING = ("note: no font with Korean glyphs is installed for matplotlib, so figures leave the Korean text out "
+CJK_MISSING = N_("note: no font with Korean glyphs is installed for matplotlib, so figures leave the Korean text out "
                "(it is printed instead). Install one with `apt-get install -y fonts-noto-cjk` (scripts/setup.sh and "
                "the Colab cell do) and restart the kernel.")
 _cjk_scanned = False
@@ -47,10 +48,25 @@ def cjk_font(candidates=CJK_FONTS, quiet: bool = False) -> str | None:
         found = first_installed()
     if found is None:
         if not quiet:
-            print(CJK_MISSING)
+            print(tr(CJK_MISSING))
         return None
     plt.rcParams["font.family"] = ["DejaVu Sans", found]  # Latin from DejaVu Sans, Hangul from `found`
     return found
+
+
+_cjk_noted = False
+
+
+def figure_lang() -> str:
+    """The language of figure text: the notebook's (utils.i18n), except Korean without a CJK font, whose figures
+    stay English (the note CJK_MISSING is printed once). Korean: makes the CJK font matplotlib's fallback."""
+    global _cjk_noted
+    if get_language() != "ko":
+        return "en"
+    if cjk_font(quiet=_cjk_noted) is None:
+        _cjk_noted = True
+        return "en"
+    return "ko"
 
 
 def has_hangul(text: str) -> bool:
@@ -99,6 +115,7 @@ def plot_samples(examples, n: int = 4, save_to=None, width: int = 30):
     if not rows:
         return None
     font = cjk_font()
+    lang = get_language() if font else "en"
     fig, axes = plt.subplots(1, len(rows), figsize=(2.6 * len(rows), 3.9), squeeze=False)
     for ax, ex in zip(axes[0], rows):
         with Image.open(ex.images[0]) as img:
@@ -109,16 +126,16 @@ def plot_samples(examples, n: int = 4, save_to=None, width: int = 30):
         text = f"Q: {_lines(ex.prompt_text, width, 3)}\nA: {_lines(ex.answer, width, 2)}"
         if font is None and has_hangul(text):
             print(f"{ex.source}: Q: {ex.prompt_text} -> A: {ex.answer}")
-            text = "(Korean text: printed above)"
+            text = "(Korean text: printed above)"  # English: without a CJK font no Hangul can be drawn
         ax.text(0.0, -0.04, text, transform=ax.transAxes, va="top", ha="left", fontsize=9, linespacing=1.3)
-    fig.suptitle(f"{len(rows)} training rows with an image: the question and the trained answer under each",
-                 fontsize=10)
+    fig.suptitle(tr("{n} training rows with an image: the question and the trained answer under each", lang,
+                    n=len(rows)), fontsize=10)
     fig.subplots_adjust(left=0.02, right=0.98, top=0.84, bottom=0.3, wspace=0.15)
     return _save(fig, save_to, tight=False)
 
-GROUP_LABELS = {"vision_model": "vision tower", "multi_modal_projector": "projector",
-                "language_linear": "text decoder Linear", "embed_tokens": "embed_tokens",
-                "language_other": "norms, gates", "lm_head": "lm_head", "quant_state": "quant. scales"}
+GROUP_LABELS = {"vision_model": N_("vision tower"), "multi_modal_projector": N_("projector"),
+                "language_linear": N_("text decoder Linear"), "embed_tokens": "embed_tokens",
+                "language_other": N_("norms, gates"), "lm_head": "lm_head", "quant_state": N_("quant. scales")}
 
 def plot_memory_plan(plan_rows: dict[str, dict[str, int]], ax=None, save_to=None,
                      model_name: str = "Llama 3.2 11B Vision-Instruct", gpus: dict[str, float] | None = None):
@@ -132,26 +149,29 @@ def plot_memory_plan(plan_rows: dict[str, dict[str, int]], ax=None, save_to=None
         from utils.widgets import GPUS
 
         gpus = {name: gib for name, gib in GPUS.items() if not name.startswith("H100")}  # same memory as the A100 80 GB
+    lang = figure_lang()
     if ax is None:
         fig, ax = plt.subplots(figsize=(8, 4))
     else:
         fig = ax.figure
-    labels = list(plan_rows)
-    groups = [g for g in GROUPS + ("quant_state",) if any(plan_rows[k].get(g, 0) for k in labels)]
-    largest = {g: max(plan_rows[k].get(g, 0) for k in labels) / 2**30 for g in groups}
-    biggest_total = max(sum(plan_rows[k].get(g, 0) for g in groups) for k in labels) / 2**30
+    keys = list(plan_rows)
+    labels = [tr(k, lang) for k in keys]  # the bars' names as shown
+    groups = [g for g in GROUPS + ("quant_state",) if any(plan_rows[k].get(g, 0) for k in keys)]
+    largest = {g: max(plan_rows[k].get(g, 0) for k in keys) / 2**30 for g in groups}
+    biggest_total = max(sum(plan_rows[k].get(g, 0) for g in groups) for k in keys) / 2**30
     thin = [g for g in groups if largest[g] < 0.01 * biggest_total]  # too thin to see as a colour
     left = [0.0] * len(labels)
     for group in groups:
-        widths = [plan_rows[k].get(group, 0) / 2**30 for k in labels]
+        widths = [plan_rows[k].get(group, 0) / 2**30 for k in keys]
         if group in thin:
             ax.barh(labels, widths, left=left, color="0.5")
         else:
-            ax.barh(labels, widths, left=left, label=GROUP_LABELS[group])
+            ax.barh(labels, widths, left=left, label=tr(GROUP_LABELS[group], lang))
         left = [a + b for a, b in zip(left, widths)]
     if thin:  # one legend entry that says why they cannot be seen
-        ax.barh([labels[0]], [0], color="0.5", label=f"{', '.join(GROUP_LABELS[g] for g in thin)}\n"
-                                                     f"(each under {max(largest[g] for g in thin):.2f} GiB)")
+        ax.barh([labels[0]], [0], color="0.5", label=tr("{parts}\n(each under {gib:.2f} GiB)", lang,
+                                                        parts=", ".join(tr(GROUP_LABELS[g], lang) for g in thin),
+                                                        gib=max(largest[g] for g in thin)))
     for y, total in enumerate(left):
         ax.text(total, y, f" {total:.1f}", va="center", fontsize=8,
                 bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5})
@@ -162,10 +182,10 @@ def plot_memory_plan(plan_rows: dict[str, dict[str, int]], ax=None, save_to=None
         ax.text(gib - top * 0.004, -0.6, f"{name}\n{gib:g} GiB", ha="right", va="bottom", rotation=90, fontsize=7,
                 color="0.25", linespacing=1.1)
     ax.set_ylim(len(labels) - 0.5, -2.7)  # room above the bars for the GPU names
-    ax.set_xlabel("GiB of weights (dashed lines: GPU memory of the cards in the fit widget)")
+    ax.set_xlabel(tr("GiB of weights (dashed lines: GPU memory of the cards in the fit widget)", lang))
     ax.set_xlim(0, top)
-    ax.set_title(f"{model_name}: weight memory by precision", fontsize=10)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, title="part of the model",
+    ax.set_title(tr("{model}: weight memory by precision", lang, model=model_name), fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, title=tr("part of the model", lang),
               title_fontsize=7)
     fig.tight_layout()
     return _save(fig, save_to)
@@ -173,7 +193,8 @@ def plot_memory_plan(plan_rows: dict[str, dict[str, int]], ax=None, save_to=None
 
 # ---------------------------------------------------------------- notebook 01: token lengths
 LANG_COLORS = {"ko": "tab:orange", "en": "tab:blue"}
-LANG_NAMES = {"ko": "Korean", "en": "English"}
+LANG_NAMES = {"ko": N_("Korean"), "en": N_("English")}
+PANEL_TITLES = {"prompt": N_("prompt tokens"), "answer": N_("answer tokens"), "total": N_("total tokens")}
 
 
 def _save(fig, save_to, tight: bool = False):
@@ -196,17 +217,19 @@ def plot_token_lengths(lengths: list[dict], max_seq_length: int | None = None, s
 
     Returns the Figure; each panel's bar heights sum to len(lengths).
     """
+    lang = figure_lang()
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
     groups = [("en", False), ("ko", False), (None, True)]  # image rows form their own layer
     for ax, key in zip(axes, ("prompt", "answer", "total")):
         bins = _bins([r[key] for r in lengths])
         data, labels, colors, hatches = [], [], [], []
-        for lang, image in groups:
-            sel = [r[key] for r in lengths if r["has_image"] == image and (lang is None or r["lang"] == lang)]
+        for row_lang, image in groups:
+            sel = [r[key] for r in lengths if r["has_image"] == image and (row_lang is None or r["lang"] == row_lang)]
             n = len(sel)
             data.append(sel)
-            labels.append(f"image rows ({n})" if image else f"{LANG_NAMES[lang]} text ({n})")
-            colors.append("tab:green" if image else LANG_COLORS[lang])
+            labels.append(tr("image rows ({n})", lang, n=n) if image else
+                          tr("{language} text ({n})", lang, language=tr(LANG_NAMES[row_lang], lang), n=n))
+            colors.append("tab:green" if image else LANG_COLORS[row_lang])
         _, _, patches = ax.hist(data, bins=bins, stacked=True, color=colors, label=labels)
         for bar in patches[-1]:
             bar.set_hatch("//")
@@ -214,11 +237,11 @@ def plot_token_lengths(lengths: list[dict], max_seq_length: int | None = None, s
             ax.axvline(max_seq_length, color="red", ls="--", lw=1)
             ax.text(max_seq_length, ax.get_ylim()[1] * 0.9, f"max_seq_length={max_seq_length} ", color="red",
                     fontsize=7, ha="right")
-        ax.set_title(f"{key} tokens")
-        ax.set_xlabel("tokens")
-    axes[0].set_ylabel("rows")
+        ax.set_title(tr(PANEL_TITLES[key], lang))
+        ax.set_xlabel(tr("tokens", lang))
+    axes[0].set_ylabel(tr("rows", lang))
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"Token lengths of {len(lengths)} rows (Llama 3.2 tokenizer)", fontsize=10)
+    fig.suptitle(tr("Token lengths of {n} rows (Llama 3.2 tokenizer)", lang, n=len(lengths)), fontsize=10)
     fig.tight_layout()
     return _save(fig, save_to)
 
@@ -230,6 +253,7 @@ def plot_truncation(lengths: list[dict], max_seq_length: int, ax=None, save_to=N
     """
     from utils.batching import truncated_share
 
+    lang = figure_lang()
     if ax is None:
         fig, ax = plt.subplots(figsize=(6, 3))
     else:
@@ -242,9 +266,10 @@ def plot_truncation(lengths: list[dict], max_seq_length: int, ax=None, save_to=N
     ax.axvline(max_seq_length, color="red", ls="--", lw=1)
     ax.plot([max_seq_length], [100 * share], "o", color="red")
     n = sum(r["total"] > max_seq_length for r in lengths)
-    ax.set_title(f"max_seq_length={max_seq_length}: {n} of {len(lengths)} rows ({share:.1%}) truncated", fontsize=9)
-    ax.set_xlabel("max_seq_length (tokens)")
-    ax.set_ylabel("% rows truncated")
+    ax.set_title(tr("max_seq_length={max_seq_length}: {n} of {total} rows ({share:.1%}) truncated", lang,
+                    max_seq_length=max_seq_length, n=n, total=len(lengths), share=share), fontsize=9)
+    ax.set_xlabel(tr("max_seq_length (tokens)", lang))
+    ax.set_ylabel(tr("% rows truncated", lang))
     ax.set_ylim(-2, 102)
     fig.tight_layout()
     return _save(fig, save_to)
@@ -267,10 +292,11 @@ def smoothing_window(n_points: int) -> int:
     return 1 if n_points < 4 else max(3, n_points // 10)
 
 
-LOSS_LABEL = "loss: cross-entropy per answer token (nats)"
+LOSS_LABEL = N_("loss: cross-entropy per answer token (nats)")
+LOSS_TITLE = N_("LoRA fine-tuning loss")
 
 
-def plot_losses(history: dict, ax=None, save_to=None, title: str = "LoRA fine-tuning loss", smooth: int | None = None):
+def plot_losses(history: dict, ax=None, save_to=None, title: str = LOSS_TITLE, smooth: int | None = None):
     """Train and eval loss vs optimizer step; `history` is utils.train.loss_history(...) /
     loss_history.json: {"train": [[step, loss], ...], "eval": [[step, loss], ...]}.
 
@@ -281,6 +307,7 @@ def plot_losses(history: dict, ax=None, save_to=None, title: str = "LoRA fine-tu
     measured on the held-out rows (from step 0 with `eval_on_start`)."""
     import math
 
+    lang = figure_lang()
     if ax is None:
         fig, ax = plt.subplots(figsize=(6.4, 3.4))
     else:
@@ -293,18 +320,19 @@ def plot_losses(history: dict, ax=None, save_to=None, title: str = "LoRA fine-tu
         steps, losses = [p[0] for p in train], [p[1] for p in train]
         window = smoothing_window(len(train)) if smooth is None else max(1, smooth)
         if window > 1:
-            ax.plot(steps, losses, color="tab:blue", marker=".", lw=0.8, alpha=0.3, label="train (raw)")
+            ax.plot(steps, losses, color="tab:blue", marker=".", lw=0.8, alpha=0.3, label=tr("train (raw)", lang))
             ax.plot(steps, moving_average(losses, window), color="tab:blue", lw=2,
-                    label=f"train, mean of {window} (last {moving_average(losses, window)[-1]:.2f})")
+                    label=tr("train, mean of {window} (last {last:.2f})", lang, window=window,
+                             last=moving_average(losses, window)[-1]))
         else:
-            ax.plot(steps, losses, color="tab:blue", marker=".", label=f"train (last {losses[-1]:.2f})")
+            ax.plot(steps, losses, color="tab:blue", marker=".", label=tr("train (last {last:.2f})", lang, last=losses[-1]))
     points = history.get("eval") or []
     if points:
         ax.plot([p[0] for p in points], [p[1] for p in points], color="tab:orange", marker="o",
-                label=f"eval, held-out rows ({points[0][1]:.2f} → {points[-1][1]:.2f})")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel(LOSS_LABEL, fontsize=8)
-    ax.set_title(title, fontsize=10)
+                label=tr("eval, held-out rows ({first:.2f} → {last:.2f})", lang, first=points[0][1], last=points[-1][1]))
+    ax.set_xlabel(tr("optimizer step", lang))
+    ax.set_ylabel(tr(LOSS_LABEL, lang), fontsize=8)
+    ax.set_title(tr(title, lang), fontsize=10)
     values = [p[1] for p in train + points]
     if values:
         ax.set_ylim(0, max(values) * 1.08)
@@ -312,7 +340,7 @@ def plot_losses(history: dict, ax=None, save_to=None, title: str = "LoRA fine-tu
         ticks = [t for t in ax.get_yticks() if 0 <= t <= max(values) * 1.08]
         right.set_yticks(ticks)
         right.set_yticklabels([f"{math.exp(t):,.0f}" if t >= 2.5 else f"{math.exp(t):.1f}" for t in ticks], fontsize=7)
-        right.set_ylabel("perplexity = e^loss", fontsize=8)
+        right.set_ylabel(tr("perplexity = e^loss", lang), fontsize=8)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
@@ -321,30 +349,32 @@ def plot_losses(history: dict, ax=None, save_to=None, title: str = "LoRA fine-tu
 
 
 # ---------------------------------------------------------------- notebook 05: before and after
-def plot_before_after(results: dict, save_to=None, title: str = "Before and after fine-tuning"):
+def plot_before_after(results: dict, save_to=None, title: str = N_("Before and after fine-tuning")):
     """Grouped bars: exact match and right form (utils.inference.right_form) per group of rows, base vs adapted.
 
     `results`: {group: {"before": evaluate_answers(...), "after": evaluate_answers(...)}} (notebook 05's
     `results["groups"]`). Each bar is labelled k/n rows. Returns the Figure."""
     groups = [g for g in results if results[g]["before"]["n"]]
+    lang = figure_lang()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), sharey=True)
-    for ax, metric, name in ((axes[0], "exact_match", "exact match (content)"),
-                             (axes[1], "form_rate", "right form (language, length, stops)")):
+    for ax, metric, name in ((axes[0], "exact_match", tr("exact match (content)", lang)),
+                             (axes[1], "form_rate", tr("right form (language, length, stops)", lang))):
         for j, (side, color) in enumerate((("before", "#bbbbbb"), ("after", "tab:green"))):
             xs = [i + (j - 0.5) * 0.38 for i in range(len(groups))]
             values = [results[g][side][metric] for g in groups]
-            ax.bar(xs, values, width=0.36, color=color, label="base (adapter off)" if side == "before" else "adapted")
+            ax.bar(xs, values, width=0.36, color=color,
+                   label=tr("base (adapter off)", lang) if side == "before" else tr("adapted", lang))
             for x, v, g in zip(xs, values, groups):
                 n = results[g][side]["n"]
                 ax.text(x, v + 0.02, f"{round(v * n)}/{n}", ha="center", fontsize=7)
         ax.set_xticks(range(len(groups)))
-        ax.set_xticklabels([g.replace(", ", ",\n") for g in groups], fontsize=8)
+        ax.set_xticklabels([tr(g, lang).replace(", ", ",\n") for g in groups], fontsize=8)
         ax.set_ylim(0, 1.12)
         ax.set_title(name, fontsize=9)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].set_ylabel("share of rows")
+    axes[0].set_ylabel(tr("share of rows", lang))
     axes[0].legend(fontsize=7, loc="upper right")
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(tr(title, lang), fontsize=10)
     fig.tight_layout()
     return _save(fig, save_to)
 
@@ -391,12 +421,13 @@ def plot_lora_update(A, B, scaling: float, W=None, max_size: int = 32, title: st
     else:  # (α/r) · B × A = ΔW
         layout = [("(α/r) ·", op), ("B", k_r), ("×", op * 0.5), ("A", k_in), ("=", op * 0.5), ("ΔW", k_in)]
     widths = [max(w, 0.6) for _, w in layout] + [max(k_in, k_out) * 0.08]
+    lang = figure_lang()
     fig = plt.figure(figsize=(13 if W is not None else 9, 3.6))
     grid = fig.add_gridspec(1, len(widths), width_ratios=widths, wspace=0.08, left=0.01, right=0.93, top=0.74,
                             bottom=0.06)
     shapes = {"W": (n_out, n_in), "B": (n_out, r), "A": (r, n_in), "ΔW": (n_out, n_in), "W + ΔW": (n_out, n_in)}
-    names = {"W": "W (frozen)", "B": "B (trained)", "A": "A (trained)", "W + ΔW": "W + ΔW\n(what the layer uses)",
-             "ΔW": f"ΔW = (α/r)·B·A\nrank {r}"}
+    names = {"W": tr("W (frozen)", lang), "B": tr("B (trained)", lang), "A": tr("A (trained)", lang),
+             "W + ΔW": tr("W + ΔW\n(what the layer uses)", lang), "ΔW": tr("ΔW = (α/r)·B·A\nrank {r}", lang, r=r)}
     fig.lora_axes = {}
     image = None
     for i, (name, _) in enumerate(layout):
@@ -405,7 +436,8 @@ def plot_lora_update(A, B, scaling: float, W=None, max_size: int = 32, title: st
         ax.set_yticks([])
         if name not in panels:  # an operator between the panels
             ax.axis("off")
-            ax.text(0.5, 0.5, name, ha="center", va="center", fontsize=11 if name == "where" else 16,
+            ax.text(0.5, 0.5, tr("where", lang) if name == "where" else name, ha="center", va="center",
+                    fontsize=11 if name == "where" else 16,
                     color="0.3" if name == "where" else "black")
             if name.startswith(("+", "(")):
                 ax.text(0.5, 0.3, f"α/r = {scaling:g}", ha="center", va="center", fontsize=10, color="0.3")
@@ -421,10 +453,11 @@ def plot_lora_update(A, B, scaling: float, W=None, max_size: int = 32, title: st
     cax.locator_params(nbins=5)
     cax.set_box_aspect(6)
     cropped = n_out > k_out or n_in > k_in or r > k_r
-    fig.suptitle((title or "LoRA: the frozen W plus a rank-r update; only A and B train")
-                 + (f"\n(first {k_out} rows × {k_in} columns of {n_out} × {n_in}"
-                    + (f", first {k_r} of rank {r}" if r > k_r else "") + ")" if cropped else "")
-                 + "\none colour scale for every panel", fontsize=11)
+    crop = ("\n(" + tr("first {k_out} rows × {k_in} columns of {n_out} × {n_in}", lang, k_out=k_out, k_in=k_in,
+                        n_out=n_out, n_in=n_in)
+            + (tr(", first {k_r} of rank {r}", lang, k_r=k_r, r=r) if r > k_r else "") + ")" if cropped else "")
+    fig.suptitle((tr(title, lang) if title else tr("LoRA: the frozen W plus a rank-r update; only A and B train", lang))
+                 + crop + "\n" + tr("one colour scale for every panel", lang), fontsize=11)
     return _save(fig, save_to)
 
 
@@ -453,9 +486,9 @@ def show_label_mask(processor, encoded_row: dict) -> str:
         parts.append(f'<span class="{"trained" if trained else "masked"}" title="{i}" '
                      f'style="{style}border-right:1px solid #fff;font-family:monospace">{shown}</span>')
     n_trained = sum(1 for _, t in spans if t)
-    legend = (f'<div style="font-size:90%;margin-bottom:4px"><span style="background:#b7eb8f">trained</span> '
-              f'{n_trained} tokens · <span style="background:#eeeeee;color:#777">masked (-100)</span> '
-              f'{len(encoded_row["labels"]) - n_trained} tokens</div>')
+    legend = (f'<div style="font-size:90%;margin-bottom:4px"><span style="background:#b7eb8f">{tr("trained")}</span> '
+              f'{tr("{n} tokens", n=n_trained)} · <span style="background:#eeeeee;color:#777">{tr("masked (-100)")}</span> '
+              f'{tr("{n} tokens", n=len(encoded_row["labels"]) - n_trained)}</div>')
     return legend + '<div style="line-height:1.9">' + "".join(parts) + "</div>"
 
 
@@ -466,7 +499,7 @@ class LiveLossPlot(TrainerCallback):
     it only keeps the history and the last figure, and `save_to` gets the final chart at train end.
     """
 
-    def __init__(self, save_to=None, title: str = "LoRA fine-tuning loss"):
+    def __init__(self, save_to=None, title: str = LOSS_TITLE):
         self.save_to, self.title = save_to, title
         self.history = {"train": [], "eval": []}
         self.fig, self.ax = plt.subplots(figsize=(6.4, 3.4))

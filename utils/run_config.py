@@ -15,22 +15,24 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from utils.i18n import N_, tr
+
 RUN_CONFIG_NAME = "run_config.json"
 # Key -> what it is. Names follow the CLI flags (scripts/run_lora_finetune.py).
 KEYS = {
-    "data_path": "training JSONL (notebooks: train_file)",
-    "eval_data_path": "held-out JSONL for the eval loss (notebooks: eval_file)",
-    "model": "profile: tiny or 11b",
-    "model_name_or_path": "a local folder or Hub id instead of the profile's model",
-    "precision": "weights: 8bit, 4bit, bf16, fp16, fp32",
-    "max_seq_length": "longest row in tokens; longer prompts lose the middle of the user text",
-    "mask_history": "true: train only the last assistant answer of a multi-turn chat (default: every answer)",
+    "data_path": N_("training JSONL (notebooks: train_file)"),
+    "eval_data_path": N_("held-out JSONL for the eval loss (notebooks: eval_file)"),
+    "model": N_("profile: tiny or 11b"),
+    "model_name_or_path": N_("a local folder or Hub id instead of the profile's model"),
+    "precision": N_("weights: 8bit, 4bit, bf16, fp16, fp32"),
+    "max_seq_length": N_("longest row in tokens; longer prompts lose the middle of the user text"),
+    "mask_history": N_("true: train only the last assistant answer of a multi-turn chat (default: every answer)"),
     "lora_rank": "LoRA r", "lora_alpha": "LoRA alpha", "lora_dropout": "LoRA dropout",
-    "target_modules": "comma-separated module names, e.g. q_proj,k_proj,v_proj,o_proj",
-    "lora_scope": "language, cross_attention or language_vision",
-    "output_dir": "the run folder: checkpoints, loss_history.json (local or Google Drive)",
-    "per_device_train_batch_size": "rows per device and step", "gradient_accumulation_steps": "steps per update",
-    "num_train_epochs": "epochs", "max_steps": "steps (overrides epochs when > 0)", "learning_rate": "peak LR",
+    "target_modules": N_("comma-separated module names, e.g. q_proj,k_proj,v_proj,o_proj"),
+    "lora_scope": N_("language, cross_attention or language_vision"),
+    "output_dir": N_("the run folder: checkpoints, loss_history.json (local or Google Drive)"),
+    "per_device_train_batch_size": N_("rows per device and step"), "gradient_accumulation_steps": N_("steps per update"),
+    "num_train_epochs": N_("epochs"), "max_steps": N_("steps (overrides epochs when > 0)"), "learning_rate": N_("peak LR"),
 }
 
 
@@ -124,5 +126,8 @@ def resolve(out_dir, params: dict, defaults: dict | None = None, show: bool = Tr
     if show:
         width = max((len(k) for k in values), default=0)
         for key in values:
-            print(f"{key:{width}s} = {values[key]!r:40s} <- {sources[key]}")
+            source = sources[key]  # the returned sources stay English; only the printout is translated
+            shown = (tr("run config (set by {notebook})", notebook=set_by.get(key, "?")) if source.startswith("run config")
+                     else tr("parameter") if source == "parameter" else tr("default"))
+            print(f"{key:{width}s} = {values[key]!r:40s} <- {shown}")
     return values, sources

@@ -15,6 +15,7 @@ import torch
 import utils.config as config
 from utils.config import (LOAD_PRECISIONS, REFERENCE_BATCH_SIZE, REFERENCE_SEQ_LEN, LoraSettings,
                           required_gib)
+from utils.i18n import tr
 
 
 @dataclass(frozen=True)
@@ -35,10 +36,11 @@ class Setup:
     def describe(self) -> str:
         peak = (f"{self.planned_peak_gib:.1f} GiB" if self.planned_peak_gib >= 0.1
                 else f"{self.planned_peak_gib * 1024:.0f} MiB")
-        where = f"of {self.gpu_gib:.1f} GiB GPU memory" if self.gpu_gib > 0 else "(no CUDA GPU: CPU run)"
-        warn = " - may not fit, expect out-of-memory" if self.fits is False else ""
-        return (f"setup: {self.profile} in {self.precision} | planned training peak {peak} {where}"
-                f"{warn} | {self.reason}")
+        where = (tr("of {gpu:.1f} GiB GPU memory", gpu=self.gpu_gib) if self.gpu_gib > 0
+                 else tr("(no CUDA GPU: CPU run)"))
+        warn = tr(" - may not fit, expect out-of-memory") if self.fits is False else ""
+        return tr("setup: {profile} in {precision} | planned training peak {peak} {where}{warn} | {reason}",
+                  profile=self.profile, precision=self.precision, peak=peak, where=where, warn=warn, reason=self.reason)
 
     def __str__(self) -> str:
         return self.describe()
@@ -91,14 +93,15 @@ def choose_setup(profile: str | None = "auto", precision: str | None = "auto",
     profile, profile_from = _pick(profile, "LLAMA_VISION_PROFILE", ("tiny", "11b"), "profile")
     precision, precision_from = _pick(precision, "LLAMA_VISION_PRECISION", LOAD_PRECISIONS, "precision")
     gpu = float(config.gpu_memory_gib() if gpu_gib is None else gpu_gib)
-    notes = [f"{what} set by {src}" for what, src in (("profile", profile_from), ("precision", precision_from))
-             if src not in ("auto",)]
+    # `reason` is for people (str(setup)): in the notebook's language (utils.i18n)
+    notes = [tr("{what} set by {source}", what=what, source=tr("argument") if src == "argument" else src)
+             for what, src in (("profile", profile_from), ("precision", precision_from)) if src not in ("auto",)]
 
     if gpu <= 0:
         profile = "tiny" if profile == "auto" else profile
         precision = "8bit" if precision == "auto" else precision
-        reason = "no CUDA GPU: the tiny profile runs on CPU" if profile == "tiny" else \
-            "no CUDA GPU: the 11b profile on CPU will be very slow"
+        reason = tr("no CUDA GPU: the tiny profile runs on CPU") if profile == "tiny" else \
+            tr("no CUDA GPU: the 11b profile on CPU will be very slow")
         return Setup(profile, precision, round(planned_peak_gib(profile, precision, False), 4), 0.0,
                      "; ".join(notes + [reason]), None)
 
@@ -107,21 +110,25 @@ def choose_setup(profile: str | None = "auto", precision: str | None = "auto",
 
     if profile == "tiny":
         precision = "8bit" if precision == "auto" else precision
-        reason = "the tiny profile"
+        reason = tr("the tiny profile")
     elif precision == "auto":
         if need("8bit") <= gpu:
             profile, precision = "11b", "8bit"
-            reason = f"8bit needs {need('8bit'):.1f} GiB with headroom"
+            reason = tr("8bit needs {gib:.1f} GiB with headroom", gib=need("8bit"))
         elif need("4bit") <= gpu or profile == "11b":
             profile, precision = "11b", "4bit"
-            reason = f"8bit would need {need('8bit'):.1f} GiB with headroom, 4bit {need('4bit'):.1f} GiB"
+            reason = tr("8bit would need {gib8:.1f} GiB with headroom, 4bit {gib4:.1f} GiB", gib8=need("8bit"),
+                        gib4=need("4bit"))
         else:
             profile, precision = "tiny", "8bit"
-            reason = f"the 11B model needs {need('4bit'):.1f} GiB with headroom even in 4bit: the tiny profile"
+            reason = tr("the 11B model needs {gib:.1f} GiB with headroom even in 4bit: the tiny profile",
+                        gib=need("4bit"))
     elif need(precision) <= gpu or profile == "11b":
-        profile, reason = "11b", f"11b in {precision} needs {need(precision):.1f} GiB with headroom"
+        profile, reason = "11b", tr("11b in {precision} needs {gib:.1f} GiB with headroom", precision=precision,
+                                    gib=need(precision))
     else:
-        profile, reason = "tiny", f"11b in {precision} would need {need(precision):.1f} GiB with headroom: the tiny profile"
+        profile, reason = "tiny", tr("11b in {precision} would need {gib:.1f} GiB with headroom: the tiny profile",
+                                     precision=precision, gib=need(precision))
     peak = planned_peak_gib(profile, precision)
     ok = required_gib(peak) <= gpu
     return Setup(profile, precision, round(peak, 4), gpu, "; ".join(notes + [reason]), ok)

@@ -15,6 +15,7 @@ from transformers.trainer_utils import IntervalStrategy, get_last_checkpoint
 
 from utils.batching import Collator, ModalityBatchSampler
 from utils.config import PROFILE_DEFAULTS, TRAIN_DEFAULTS, mixed_precision
+from utils.i18n import tr
 
 
 _D, _T = PROFILE_DEFAULTS["11b"], TRAIN_DEFAULTS
@@ -334,7 +335,7 @@ def train(trainer: Trainer, resume: bool = True):
     checkpoint = last_checkpoint(trainer.args.output_dir) if resume else None
     main = trainer.is_world_process_zero()
     if checkpoint and main:
-        print(f"resuming from {checkpoint}")
+        print(tr("resuming from {checkpoint}", checkpoint=checkpoint))
     result = trainer.train(resume_from_checkpoint=checkpoint)
     if main:
         (Path(trainer.args.output_dir) / "loss_history.json").write_text(

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from utils.data import image_bytes, open_image
+from utils.i18n import tr
 
 MB = 1e6
 RAM_SHARE = 0.25  # default in-memory budget: this share of the RAM available now, split over the processes
@@ -171,14 +172,15 @@ class VisionFeatureCache:
         cache = cls(dtype, feature_shape(model.config), folder, in_memory)
         cache._keys = keys
         if verbose:
-            where = "in memory" if in_memory else f"on disk in {folder} (over max_memory_mb={max_memory_mb:,.0f})"
-            print(f"vision feature cache: {len(unique)} unique images of {len(paths)} paths, "
-                  f"{need / MB:,.3g} MB in {str(dtype).replace('torch.', '')} "
-                  f"({need / max(len(unique), 1) / MB:.3g} MB per image), {where}")
+            where = (tr("in memory") if in_memory else
+                     tr("on disk in {folder} (over max_memory_mb={max_mb:,.0f})", folder=folder, max_mb=max_memory_mb))
+            print(tr("vision feature cache: {n} unique images of {n_paths} paths, {mb:,.3g} MB in {dtype} "
+                     "({per_image:.3g} MB per image), {where}", n=len(unique), n_paths=len(paths), mb=need / MB,
+                     dtype=str(dtype).replace("torch.", ""), per_image=need / max(len(unique), 1) / MB, where=where))
         cache._compute(model, processor, {k: p for p, k in keys.items()}, batch_size, verbose)
         if verbose:
-            print(f"vision feature cache: {cache.computed} images computed, {cache.reused} reused from disk, "
-                  f"{cache.build_s:.1f} s")
+            print(tr("vision feature cache: {computed} images computed, {reused} reused from disk, {seconds:.1f} s",
+                     computed=cache.computed, reused=cache.reused, seconds=cache.build_s))
         return cache
 
     def _compute(self, model, processor, by_key: dict[str, str], batch_size: int, verbose: bool) -> None:

@@ -15,6 +15,7 @@ except ImportError:  # headless or a minimal install: the notebooks still run to
     widgets = None
 
 from utils.config import LoraSettings
+from utils.i18n import N_, tr
 from utils.lora import SCOPES, adapter_megabytes, matching_modules, optimizer_state_megabytes
 
 ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "fc1", "fc2")
@@ -26,8 +27,8 @@ def truncation_text(lengths: list[dict], max_seq_length: int) -> str:
     from utils.batching import truncated_share
 
     n = sum(r["total"] > max_seq_length for r in lengths)
-    return (f"max_seq_length={max_seq_length}: {n} of {len(lengths)} rows "
-            f"({truncated_share(lengths, max_seq_length):.1%}) truncated")
+    return tr("max_seq_length={max_seq_length}: {n} of {total} rows ({share:.1%}) truncated",
+              max_seq_length=max_seq_length, n=n, total=len(lengths), share=truncated_share(lengths, max_seq_length))
 
 
 def max_seq_length_slider(cfg: dict, lengths: list[dict], key: str = "max_seq_length", show: bool = True,
@@ -41,7 +42,7 @@ def max_seq_length_slider(cfg: dict, lengths: list[dict], key: str = "max_seq_le
     from utils.plots import plot_truncation
 
     if widgets is None:
-        print(f"ipywidgets is not installed: {key} stays {cfg[key]}")
+        print(tr("ipywidgets is not installed: {key} stays {value}", key=key, value=cfg[key]))
         return None
     hi = max(max(r["total"] for r in lengths) + 64, cfg[key])
     slider = widgets.IntSlider(value=cfg[key], min=16, max=hi, step=16, description=key,
@@ -54,8 +55,8 @@ def max_seq_length_slider(cfg: dict, lengths: list[dict], key: str = "max_seq_le
 
     def redraw(change=None):
         cfg[key] = slider.value
-        note = (f" · {key} is now {slider.value} (was {start}): rerun {rerun} to use it there"
-                if rerun and slider.value != start else "")
+        note = (tr(" · {key} is now {value} (was {start}): rerun {rerun} to use it there", key=key, value=slider.value,
+                   start=start, rerun=rerun) if rerun and slider.value != start else "")
         label.value = f"<b>{truncation_text(lengths, slider.value)}</b>{note}"
         with out:
             out.clear_output(wait=True)
@@ -75,6 +76,9 @@ def max_seq_length_slider(cfg: dict, lengths: list[dict], key: str = "max_seq_le
 
 
 # ---------------------------------------------------------------- notebook 02: will it fit on my GPU?
+# The parts of plan_training_memory as fit_html names them (keys stay English; tr translates them when shown)
+PLAN_PARTS = (N_("weights"), N_("lora_params"), N_("gradients"), N_("optimizer"), N_("activations"), N_("logits"),
+              N_("int8_kept_inputs"))
 # Memory torch reports for each card (total_memory, GiB): a "16 GB" T4 has about 15 GiB.
 GPUS = {"T4 16 GB": 15.0, "L4 24 GB": 22.0, "A100 40 GB": 39.4, "A100 80 GB": 79.2, "H100 80 GB": 79.2}
 
@@ -112,16 +116,17 @@ def fit_html(check: dict) -> str:
     scale = max(gpu, check["required_gib"]) * 1.05
     planned_w, need_w, gpu_w = (100 * value / scale for value in (check["planned_gib"], check["required_gib"], gpu))
     color = "#52c41a" if check["fits"] else "#f5222d"
-    verdict = "fits" if check["fits"] else "does not fit"
-    return (f'<div class="fit-verdict" style="font-weight:bold;color:{color}">{check["gpu"]}: {verdict} '
-            f'({check["planned_gib"]:.1f} GiB planned, {check["required_gib"]:.1f} GiB with headroom, '
-            f'card {gpu:.1f} GiB)</div>'
+    verdict = tr("fits") if check["fits"] else tr("does not fit")
+    head = tr("{gpu}: {verdict} ({planned:.1f} GiB planned, {required:.1f} GiB with headroom, card {card:.1f} GiB)",
+              gpu=check["gpu"], verdict=verdict, planned=check["planned_gib"], required=check["required_gib"], card=gpu)
+    parts = ", ".join(f"{tr(k)} {v}" for k, v in check["parts_gib"].items())
+    return (f'<div class="fit-verdict" style="font-weight:bold;color:{color}">{head}</div>'
             f'<div style="position:relative;height:22px;width:100%;max-width:560px;background:#f0f0f0;border:1px solid #ccc">'
             f'<div style="position:absolute;height:100%;width:{need_w:.1f}%;background:{color};opacity:0.35"></div>'
             f'<div style="position:absolute;height:100%;width:{planned_w:.1f}%;background:{color}"></div>'
             f'<div style="position:absolute;height:100%;left:{gpu_w:.1f}%;border-left:3px solid #000"></div></div>'
-            f'<small>dark: planned peak; light: + headroom (10% + 1 GiB); black line: the card. '
-            f'Parts (GiB): {", ".join(f"{k} {v}" for k, v in check["parts_gib"].items())}</small>')
+            '<small>' + tr("dark: planned peak; light: + headroom (10% + 1 GiB); black line: the card. Parts (GiB): {parts}",
+                           parts=parts) + '</small>')
 
 
 def reference_fit_start() -> dict:
@@ -142,16 +147,18 @@ def fit_widget(cfg: dict, key: str = "fit_check", show: bool = True, start: dict
     start = {**reference_fit_start(), **(start or {})}
     cfg[key] = fit_check(**start)
     if widgets is None:
-        print(f"ipywidgets is not installed: {fit_html(cfg[key])}")
+        print(tr("ipywidgets is not installed: {shown}", shown=fit_html(cfg[key])))
         return None
     style = {"description_width": "initial"}
     controls = {
         "gpu": widgets.Dropdown(options=list(GPUS), value=start["gpu"], description="GPU"),
-        "precision": widgets.Dropdown(options=["8bit", "4bit", "bf16"], value=start["precision"], description="precision"),
-        "batch_size": widgets.IntSlider(value=start["batch_size"], min=1, max=16, description="batch size", style=style),
+        "precision": widgets.Dropdown(options=["8bit", "4bit", "bf16"], value=start["precision"],
+                                     description=tr("precision")),
+        "batch_size": widgets.IntSlider(value=start["batch_size"], min=1, max=16, description=tr("batch size"),
+                                        style=style),
         "max_seq_length": widgets.IntSlider(value=start["max_seq_length"], min=64, max=4096, step=64,
                                             description="max_seq_length", style=style, continuous_update=False),
-        "tiles": widgets.IntSlider(value=start["tiles"], min=0, max=4, description="image tiles (0: text only)",
+        "tiles": widgets.IntSlider(value=start["tiles"], min=0, max=4, description=tr("image tiles (0: text only)"),
                                    style=style),
         "r": widgets.IntSlider(value=start["r"], min=1, max=128, description="LoRA r", style=style),
     }
@@ -191,8 +198,9 @@ def lora_numbers(model, settings: LoraSettings) -> dict:
 
 def lora_table_html(rows: dict[str, dict]) -> str:
     """A small HTML table: one row per model ("tiny (loaded)", "11B (meta)")."""
-    head = ("<tr><th>model</th><th>adapted layers</th><th>trainable params</th><th>adapter MB (fp32)</th>"
-            "<th>AdamW state + grads MB</th></tr>")
+    names = (N_("model"), N_("adapted layers"), N_("trainable params"), N_("adapter MB (fp32)"),
+             N_("AdamW state + grads MB"))
+    head = "<tr>" + "".join(f"<th>{tr(name)}</th>" for name in names) + "</tr>"
     body = "".join(f"<tr><td>{k}</td><td>{v['adapted_layers']}</td><td>{v['trainable']:,}</td>"
                    f"<td>{v['adapter_mb']:.1f}</td><td>{v['optimizer_mb']:.1f}</td></tr>" for k, v in rows.items())
     return f"<table>{head}{body}</table>"
@@ -208,11 +216,11 @@ def lora_choice_problem(settings: LoraSettings, models: dict) -> str | None:
     no layer of a model in `models` ({label: model}) in that scope, which utils.lora.lora_config (notebook 04,
     the command line) refuses with LoraTargetError."""
     if not settings.target_modules:
-        return "no target module is checked"
+        return tr("no target module is checked")
     empty = [label for label, model in models.items() if not matching_modules(model, settings)]
     if empty:
-        return (f"target_modules {', '.join(settings.target_modules)} with scope {settings.scope!r} match no layer "
-                f"of {' or '.join(empty)}")
+        return tr("target_modules {targets} with scope {scope!r} match no layer of {models}",
+                  targets=", ".join(settings.target_modules), scope=settings.scope, models=tr(" or ").join(empty))
     return None
 
 
@@ -225,7 +233,7 @@ def unmatched_targets(model, settings: LoraSettings) -> list[str]:
 def lora_summary(lora_cfg: dict) -> str:
     """cfg["lora"] in one line: r, alpha, dropout, targets, scope."""
     return (f"r={lora_cfg['r']}, lora_alpha={lora_cfg['lora_alpha']}, lora_dropout={lora_cfg['lora_dropout']:g}, "
-            f"target_modules={','.join(lora_cfg['target_modules']) or '(none)'}, scope={lora_cfg.get('scope', 'language')}")
+            f"target_modules={','.join(lora_cfg['target_modules']) or tr('(none)')}, scope={lora_cfg.get('scope', 'language')}")
 
 
 def lora_panel(cfg: dict, models: dict, key: str = "lora", show: bool = True, on_change=None, rerun: str = ""):
@@ -240,7 +248,7 @@ def lora_panel(cfg: dict, models: dict, key: str = "lora", show: bool = True, on
     """
     lora_cfg = cfg[key]
     if widgets is None:
-        print(f"ipywidgets is not installed: {key} stays {lora_cfg}")
+        print(tr("ipywidgets is not installed: {key} stays {value}", key=key, value=lora_cfg))
         return None
     r = widgets.IntSlider(value=lora_cfg["r"], min=1, max=128, description="r")
     alpha = widgets.IntSlider(value=lora_cfg["lora_alpha"], min=1, max=256, description="lora_alpha")
@@ -261,9 +269,10 @@ def lora_panel(cfg: dict, models: dict, key: str = "lora", show: bool = True, on
                       scope=scope.value, target_modules=[n for n, box in targets.items() if box.value])
         problem = lora_choice_problem(settings_from_cfg(chosen), models)
         if problem:
-            status.value = (f'<div class="lora-refusal" style="color:#c00"><b>Not used, not saved:</b> {problem}. '
-                            f'cfg["{key}"] and the run config keep the last valid choice ({lora_summary(lora_cfg)}); '
-                            'check a target module that exists in this scope.</div>')
+            status.value = ('<div class="lora-refusal" style="color:#c00">'
+                            + tr('<b>Not used, not saved:</b> {problem}. cfg["{key}"] and the run config keep the last '
+                                 'valid choice ({summary}); check a target module that exists in this scope.',
+                                 problem=problem, key=key, summary=lora_summary(lora_cfg)) + '</div>')
             if not table.value:  # a refused start value: show what is kept
                 table.value = lora_table_html({label: lora_numbers(m, settings_from_cfg(lora_cfg))
                                                for label, m in models.items()})
@@ -272,14 +281,15 @@ def lora_panel(cfg: dict, models: dict, key: str = "lora", show: bool = True, on
         settings = settings_from_cfg(lora_cfg)
         table.value = lora_table_html({label: lora_numbers(m, settings) for label, m in models.items()})
         unused = unmatched_targets(first_model, settings)
-        note = (f"<br>{', '.join(unused)}: no such layer in scope {settings.scope!r}, ignored" if unused else "")
+        note = ("<br>" + tr("{names}: no such layer in scope {scope!r}, ignored", names=", ".join(unused),
+                               scope=settings.scope) if unused else "")
         if change is None:
             status.value = f"<small>{lora_summary(lora_cfg)}{note}</small>"
             return
         if on_change is not None:
             on_change(lora_cfg)
-        again = f"; rerun {rerun} to use it in this notebook" if rerun else ""
-        status.value = f"<small>{'saved' if on_change else 'now'}: {lora_summary(lora_cfg)}{again}{note}</small>"
+        again = tr("; rerun {rerun} to use it in this notebook", rerun=rerun) if rerun else ""
+        status.value = f"<small>{tr('saved') if on_change else tr('now')}: {lora_summary(lora_cfg)}{again}{note}</small>"
 
     for w in (r, alpha, dropout, scope, *targets.values()):
         w.observe(update, names="value")
@@ -300,11 +310,12 @@ TRAINING_KNOBS = ("max_steps", "learning_rate", "per_device_train_batch_size", "
 def training_text(cfg: dict, n_rows: int | None = None) -> str:
     """One line: what the knobs mean together (rows per optimizer step, epochs over the data)."""
     effective = cfg["per_device_train_batch_size"] * cfg["gradient_accumulation_steps"]
-    text = (f"{cfg['max_steps']} optimizer steps x {effective} rows per step "
-            f"({cfg['per_device_train_batch_size']} per forward pass x {cfg['gradient_accumulation_steps']} accumulated)"
-            f" at peak learning rate {cfg['learning_rate']:g}")
+    text = tr("{steps} optimizer steps x {effective} rows per step ({batch} per forward pass x {accum} accumulated)"
+              " at peak learning rate {lr:g}", steps=cfg["max_steps"], effective=effective,
+              batch=cfg["per_device_train_batch_size"], accum=cfg["gradient_accumulation_steps"], lr=cfg["learning_rate"])
     if n_rows:
-        text += f" = {cfg['max_steps'] * effective / n_rows:.1f} passes over the {n_rows} training rows"
+        text += tr(" = {passes:.1f} passes over the {n} training rows", passes=cfg["max_steps"] * effective / n_rows,
+                   n=n_rows)
     return text
 
 
@@ -313,7 +324,7 @@ def training_panel(cfg: dict, n_rows: int | None = None, show: bool = True, on_c
     `cfg` (notebook 04) and show `training_text`. Returns the widget (None headless).
     `on_change({knob: value})` runs after each change (notebook 04 writes the run config there)."""
     if widgets is None:
-        print(f"ipywidgets is not installed: {training_text(cfg, n_rows)}")
+        print(tr("ipywidgets is not installed: {shown}", shown=training_text(cfg, n_rows)))
         return None
     style = {"description_width": "initial"}
     steps = widgets.IntSlider(value=cfg["max_steps"], min=1, max=max(1000, cfg["max_steps"]), step=1,
@@ -332,8 +343,9 @@ def training_panel(cfg: dict, n_rows: int | None = None, show: bool = True, on_c
     def update(change=None):
         for knob, w in controls.items():
             cfg[knob] = float(f"{w.value:.2e}") if knob == "learning_rate" else int(w.value)
-        readout.value = (f"<b>{training_text(cfg, n_rows)}</b><br><small>changed? rerun 4.10 "
-                         "(its settings, TrainingArguments and training cells read cfg)</small>")
+        readout.value = (f"<b>{training_text(cfg, n_rows)}</b><br><small>"
+                         + tr("changed? rerun 4.10 (its settings, TrainingArguments and training cells read cfg)")
+                         + "</small>")
         if change is not None and on_change is not None:
             on_change({knob: cfg[knob] for knob in TRAINING_KNOBS})
 
@@ -361,9 +373,9 @@ def row_html(expected: str, before: dict, after: dict, prompt: str = "") -> str:
 
     return (f'<div class="row-prompt"><b>Q:</b> {html.escape(prompt)}</div>'
             f'<table class="before-after-row" style="width:100%;border-collapse:collapse"><tr>'
-            f'{col("expected", expected)}{col("base (adapter off)", before["answer"], mark(before))}'
-            f'{col("adapted", after["answer"], mark(after))}</tr></table>'
-            '<small>✓ exact match · ⏹ stopped at &lt;|eot_id|&gt; · … ran to max_new_tokens</small>')
+            f'{col(tr("expected"), expected)}{col(tr("base (adapter off)"), before["answer"], mark(before))}'
+            f'{col(tr("adapted"), after["answer"], mark(after))}</tr></table>'
+            '<small>' + tr("✓ exact match · ⏹ stopped at &lt;|eot_id|&gt; · … ran to max_new_tokens") + '</small>')
 
 
 def before_after_viewer(before_rows: list[dict], after_rows: list[dict], cfg: dict | None = None,
@@ -377,11 +389,12 @@ def before_after_viewer(before_rows: list[dict], after_rows: list[dict], cfg: di
     if widgets is None or not before_rows:
         if before_rows:
             b, a = before_rows[index], after_rows[index]
-            print(f"{b['source']}: expected {b['expected']!r} | base {b['answer']!r} | adapted {a['answer']!r}")
+            print(tr("{source}: expected {expected!r} | base {base!r} | adapted {adapted!r}", source=b["source"],
+                     expected=b["expected"], base=b["answer"], adapted=a["answer"]))
         return None
     options = [(f"{i}: {b['source']} {'🖼 ' if b['image'] else ''}{b['prompt'][:50]}", i)
                for i, b in enumerate(before_rows)]
-    choose = widgets.Dropdown(options=options, value=index, description="row", layout=widgets.Layout(width="90%"))
+    choose = widgets.Dropdown(options=options, value=index, description=tr("row"), layout=widgets.Layout(width="90%"))
     image = widgets.Image(format="png", layout=widgets.Layout(max_width="224px", max_height="224px"))
     answers = widgets.HTML()
     answers.add_class("before-after-row")
