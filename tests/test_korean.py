@@ -19,6 +19,14 @@ HANGUL = re.compile("[\uac00-\ud7a3]")
 KO_NOTEBOOKS = [mk.KO_DIR / name for name in mk.SERIES]
 
 
+def test_readmes_link_both_series():
+    english = (REPO / "README.md").read_text(encoding="utf-8")
+    korean = (REPO / "README.ko.md").read_text(encoding="utf-8")
+    for name in mk.SERIES:
+        assert f"(notebooks/{name})" in english and f"(notebooks/ko/{name})" in korean, name
+    assert "README.ko.md" in english and "notebooks/ko/" in english
+
+
 def test_korean_notebooks_are_what_the_generator_writes():
     assert mk.main(["--check"]) == 0
 
@@ -121,7 +129,7 @@ def test_a_translation_may_change_comments_and_strings_only():
 def test_korean_series_runs_on_tiny_profile(tmp_path):
     """The Korean series top to bottom on the tiny profile (the English one runs in test_notebooks.py): the
     helpers print in Korean (lang = "ko") and the result is the same kind of win."""
-    from test_notebooks import run_notebooks_cli
+    from .test_notebooks import run_notebooks_cli
 
     times = run_notebooks_cli(tmp_path, lang="ko")
     assert len(times) == 5, times

@@ -374,6 +374,8 @@ def test_notebook_05_loads_the_base_model_once():
     merge_cell = next(src for src in loads if "merge_and_unload" in src)
     assert merge_cell.index("del model, base") < merge_cell.index("load_model(")
     assert merge_cell.index("if do_merge:") < merge_cell.index("del model, base")
+    assert merge_cell.index("del model, base") < merge_cell.index("merge_device(") < merge_cell.index("load_model(")
+    assert "max_shard_size=MERGE_SHARD_SIZE" in merge_cell
     assert any("with model.disable_adapter():" in src and "evaluate_answers" in src for src in code)
     assert not any("load_adapter(load_model" in src for src in code)
 

@@ -129,7 +129,9 @@ def test_training_lowers_loss_resumes_and_exports(tiny_dir, processor, rows, tmp
     # Merge: compare with the same fp32 base carrying the unmerged adapter (an 8-bit model would differ by
     # its quantization error, which is what made the old comparison flaky).
     merged = merge_adapter(load_model(model_name_or_path=tiny_dir, precision="fp32"), tmp_path / "adapter",
-                           tmp_path / "merged")
+                           tmp_path / "merged", max_shard_size="40MB")  # the tiny model is ~130 MB in fp32
+    shards = sorted(p.name for p in (tmp_path / "merged").glob("model-*.safetensors"))
+    assert len(shards) >= 3 and (tmp_path / "merged" / "model.safetensors.index.json").is_file(), shards
     assert not any("lora_" in n for n, _ in merged.named_parameters())
     unmerged = load_adapter(load_model(model_name_or_path=tiny_dir, precision="fp32"), tmp_path / "adapter")
     assert max_logit_difference(unmerged, merged, batch) < 1e-3
@@ -461,3 +463,41 @@ def test_fsdp_sharded_state_dict_still_writes_peft_adapters(tiny_dir, processor,
         for name, value in reloaded.state_dict().items():
             if "lora_" in name:
                 assert torch.equal(value, trained[name.replace(".default", ".default")]), name
+
+
+def test_merge_goes_where_the_16_bit_copy_fits():
+    """Issue 15 item 7: the GPU when its free memory holds the copy (plus headroom), else the RAM, else no merge
+    with a message saying what is needed. Free memory is passed in: a T4-sized and a Colab-sized stand-in."""
+    from utils.export import MERGE_HEADROOM, merge_device
+
+    gib = 2**30
+    need = 20 * gib  # the 11B in bf16
+    assert merge_device(need, gpu_free=80 * gib, host_free=12 * gib)[0] == "cuda"
+    where, why = merge_device(need, gpu_free=15 * gib, host_free=50 * gib)  # T4 after freeing the 4-bit model
+    assert where == "cpu" and "on the CPU" in why
+    where, why = merge_device(need, gpu_free=15 * gib, host_free=12 * gib)  # Colab's T4 runtime
+    assert where is None and f"{need * MERGE_HEADROOM / gib:.1f} GiB" in why and "12.0 GiB of RAM" in why
+    assert merge_device(need, gpu_free=None, host_free=need)[0] is None  # no headroom left
+    assert merge_device(gib, gpu_free=None, host_free=2 * gib)[0] == "cpu"  # no GPU (this machine)
+
+
+def test_load_model_on_cpu_on_a_gpu_machine(monkeypatch, tiny_dir):
+    """device="cpu" keeps the weights in RAM where a GPU exists (a stand-in: CUDA reported, from_pretrained
+    recorded); without it they go to this process's GPU."""
+    import utils.modeling as modeling
+
+    seen = []
+
+    def fake_from_pretrained(source, **kwargs):
+        seen.append(kwargs["device_map"])
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(modeling.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(modeling, "device_map", lambda: {"": 0})
+    monkeypatch.setattr(modeling.MllamaForConditionalGeneration, "from_pretrained", fake_from_pretrained)
+    for device in ("cpu", None):
+        with pytest.raises(RuntimeError, match="stop here"):
+            load_model(model_name_or_path=tiny_dir, precision="bf16", device=device)
+    assert seen == [None, {"": 0}]
+    with pytest.raises(ValueError, match="device='cpu' takes"):
+        load_model(model_name_or_path=tiny_dir, precision="8bit", device="cpu")

@@ -73,8 +73,39 @@ def reload_check(peft_model: PeftModel, adapter_dir, batch: dict, adapter_name: 
     return (trained - reloaded).abs().max().item()
 
 
-def merge_adapter(base_model, adapter_dir, out_dir=None):
-    """Fold the adapter into a 16/32-bit base (not a quantized one) and optionally save the result.
+# safetensors builds each shard whole in host RAM before writing it: 2 GB shards keep that small (one 21 GB
+# shard of the 11B in bf16 gets a 12.7 GB Colab runtime killed).
+MERGE_SHARD_SIZE = "2GB"
+MERGE_HEADROOM = 1.15  # the 16-bit copy plus the merge's temporaries (one B·A per layer) and allocator slack
+
+
+def merge_device(need_bytes: int, gpu_free: int | None = None, host_free: int | None = None) -> tuple[str | None, str]:
+    """Where to merge: "cuda" when the GPU's free memory holds the 16-bit base (`need_bytes`, plus 15%), else
+    "cpu" when the RAM available does (slower, same result), else None. Returns (device, one line saying why).
+    Free memory is read now (torch.cuda.mem_get_info, psutil) unless given; free the 8-bit model first."""
+    import psutil
+
+    if gpu_free is None and torch.cuda.is_available():
+        gpu_free = torch.cuda.mem_get_info()[0]
+    if host_free is None:
+        host_free = psutil.virtual_memory().available
+    from utils.i18n import tr
+
+    need, gib = need_bytes * MERGE_HEADROOM, 2**30
+    gpu = tr("{gib:.1f} GiB free on the GPU", gib=gpu_free / gib) if gpu_free is not None else tr("no GPU")
+    have = tr("{gpu}, {gib:.1f} GiB of RAM available", gpu=gpu, gib=host_free / gib)
+    if gpu_free is not None and gpu_free >= need:
+        return "cuda", tr("merging on the GPU: it needs {need:.1f} GiB ({have})", need=need / gib, have=have)
+    if host_free >= need:
+        return "cpu", tr("merging on the CPU: it needs {need:.1f} GiB ({have})", need=need / gib, have=have)
+    return None, tr("not merging: a 16-bit copy of the base needs {need:.1f} GiB free on the GPU or in RAM, and this "
+                    "runtime has {have}. The adapter works unmerged (PeftModel.from_pretrained); to merge, run "
+                    "utils.export.merge_adapter on a machine with that much RAM or GPU memory.", need=need / gib, have=have)
+
+
+def merge_adapter(base_model, adapter_dir, out_dir=None, max_shard_size: str = MERGE_SHARD_SIZE):
+    """Fold the adapter into a 16/32-bit base (not a quantized one) and optionally save the result, in
+    safetensors shards of at most `max_shard_size`.
 
     The saved folder also gets the processor files from `adapter_dir`, so it loads on its own with
     AutoProcessor and MllamaForConditionalGeneration.from_pretrained.
@@ -83,6 +114,6 @@ def merge_adapter(base_model, adapter_dir, out_dir=None):
         raise ValueError("merge into a 16-bit base: load it with precision='bf16' (or 'fp32' on CPU), not 8bit/4bit")
     merged = PeftModel.from_pretrained(base_model, str(adapter_dir)).merge_and_unload()
     if out_dir:
-        merged.save_pretrained(out_dir)
+        merged.save_pretrained(out_dir, max_shard_size=max_shard_size)
         AutoProcessor.from_pretrained(str(adapter_dir)).save_pretrained(out_dir)
     return merged

@@ -241,4 +241,16 @@ KO: dict[str, str] = {
     "answer loss (nats/token)": "답변 손실 (nats/토큰)",
     "metric": "지표",
     "base": "기본 모델",
+    # utils/export.py: where the merge runs
+    "{gib:.1f} GiB free on the GPU": "GPU에 {gib:.1f} GiB 남음",
+    "no GPU": "GPU 없음",
+    "{gpu}, {gib:.1f} GiB of RAM available": "{gpu}, RAM {gib:.1f} GiB 사용 가능",
+    "merging on the GPU: it needs {need:.1f} GiB ({have})": "GPU에서 병합합니다: {need:.1f} GiB 필요 ({have})",
+    "merging on the CPU: it needs {need:.1f} GiB ({have})": "CPU에서 병합합니다: {need:.1f} GiB 필요 ({have})",
+    "not merging: a 16-bit copy of the base needs {need:.1f} GiB free on the GPU or in RAM, and this runtime has "
+    "{have}. The adapter works unmerged (PeftModel.from_pretrained); to merge, run utils.export.merge_adapter on a "
+    "machine with that much RAM or GPU memory.":
+        "병합하지 않습니다: 기본 모델의 16비트 사본에는 GPU나 RAM에 {need:.1f} GiB의 여유가 필요한데, 이 런타임에는 "
+        "{have}. 어댑터는 병합하지 않아도 그대로 쓸 수 있습니다(PeftModel.from_pretrained). 병합하려면 RAM이나 GPU "
+        "메모리가 그만큼 있는 머신에서 utils.export.merge_adapter를 실행하세요.",
 }

@@ -120,16 +120,22 @@ def load_processor(profile: str | None = None, model_name_or_path: str | None = 
 
 def load_model(profile: str | None = None, precision: str = "8bit", model_name_or_path: str | None = None,
                skip_modules=DEFAULT_SKIP_MODULES, int8_threshold: float = 6.0,
-               attn_implementation: str = "sdpa") -> MllamaForConditionalGeneration:
+               attn_implementation: str = "sdpa", device: str | None = None) -> MllamaForConditionalGeneration:
     """The Mllama model for a profile, quantized per `precision` ('8bit' default; 'auto': the
     precision `utils.setup.choose_setup` picks for this machine and profile).
 
     16-bit parts use bf16 (compute capability 8.0+) / fp16 on a GPU and fp32 on CPU; on GPU
     everything goes to this process's device (`device_map()`: device 0 in a single-process run).
+    `device="cpu"` keeps a 16-bit model in RAM on a GPU machine (a merge that only fits there).
     """
+    if device not in (None, "cuda", "cpu"):
+        raise ValueError(f"device must be None, 'cuda' or 'cpu', got {device!r}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     precision = resolve_precision(precision, profile)
+    if device == "cpu" and precision in ("8bit", "4bit") and torch.cuda.is_available():
+        raise ValueError("on a GPU machine bitsandbytes' 8-bit and 4-bit layers load on the GPU; device='cpu' takes "
+                         "bf16 or fp32")
     source = model_source(profile, model_name_or_path)
     if precision in ("bf16", "fp16", "fp32"):
         dtype = compute_dtype(precision)
@@ -147,7 +153,8 @@ def load_model(profile: str | None = None, precision: str = "8bit", model_name_o
         with _keep_in_fp32(fp32_parts):
             model = MllamaForConditionalGeneration.from_pretrained(
                 source, dtype=dtype, quantization_config=quantization_config(precision, skip_modules, int8_threshold),
-                device_map=device_map(), attn_implementation=attn_implementation, token=get_hf_token(),
+                device_map=None if device == "cpu" else device_map(), attn_implementation=attn_implementation,
+                token=get_hf_token(),
             )
     except OSError as err:
         raise _hub_errors(source, err) from err
