@@ -159,6 +159,8 @@ def planned_activation_bytes(config, lora_settings: LoraSettings | None = None, 
     lora_kv = len({"k_proj", "v_proj"} & set(settings.target_modules))
     cross_layer = vision_tokens * (4 * heads * head_dim * act + kv * 4 + lora_kv * H * 4) \
         + tokens * (5 * H * act + 8 * H * 4)  # its text side (the MLP's tensors are gone by then)
+    if precision == "8bit":  # backward through an int8 Linear dequantizes its weight: I x H in the MLP, H x H in attention
+        self_layer, cross_layer = self_layer + I * H * act, cross_layer + H * H * act
     kept = tokens * H * 4 + vision_tokens * H * act + tokens * per_image * act * bool(image)
     if gradient_checkpointing:
         kept += running * tokens * H * act
@@ -166,8 +168,6 @@ def planned_activation_bytes(config, lora_settings: LoraSettings | None = None, 
     else:  # every layer keeps what it would recompute
         kept += running * self_layer + (n_cross * cross_layer if image else 0)
         recompute = 0
-    if precision == "8bit":  # backward through an int8 Linear dequantizes its weight (the largest: I x H)
-        recompute += I * H * act
     return {"kept": kept, "recompute": recompute} if parts else kept + recompute
 
 
@@ -190,7 +190,7 @@ def plan_training_memory(config, precision: str, lora_settings: LoraSettings | N
       gradients, q/k/v/o and norms; the fp32 upcasts of the norms and of LoRA's inputs), and
       a cross-attention layer: Vt*((2*heads*head_dim)*2 (K, V repeated to every head) * 2 (+ their gradients)
       + KV*4 (k_norm's upcast) + 4H per LoRA-targeted k_proj/v_proj (peft's fp32 copy of its input))
-      + T*(5H*2-byte + 8H*4) (its text side). 8-bit adds one dequantized weight (I*H, 16-bit) in backward.
+      + T*(5H*2-byte + 8H*4) (its text side). 8-bit adds the weight its backward dequantizes (I*H, 16-bit; H*H in the cross layer).
       Without checkpointing every layer keeps its recompute (not measured).
     - logits: the 16-bit lm_head output, its fp32 copy for the loss and the fp32 softmax gradient:
       B*S*V*(2+4+4) bytes.
