@@ -1,55 +1,22 @@
 """8-bit LoRA keeps no more activation memory than 16/32-bit LoRA (utils.modeling.free_int8_inputs).
 
-Retention is measured by recording every tensor created during the forward pass (a TorchDispatchMode) and,
-once the loss is computed and before backward, summing the bytes of the distinct storages still alive: what
-the autograd graph (and anything else) holds for backward. Plain attributes such as bitsandbytes'
-`ctx.tensors` / `ctx.A` are counted too, which saved-tensor hooks would not see.
+Retention is measured with utils.retention.retained_bytes: the storages made during forward that are still
+alive when the loss is there (bitsandbytes' `ctx.tensors` / `ctx.A` plain attributes included).
 """
-
-import weakref
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 from utils.batching import Collator
 from utils.config import LoraSettings
 from utils.lora import add_lora
 from utils.modeling import load_model
+from utils.retention import retained_bytes
 from utils.train import prepare_for_training
 
 from .conftest import sample_rows
 
 QKVO = ["q_proj", "k_proj", "v_proj", "o_proj"]
-
-
-class RecordOutputs(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.refs = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor):
-                self.refs.append(weakref.ref(t))
-        return out
-
-
-def retained_bytes(model, batch) -> int:
-    """Bytes of the storages made during forward that are still alive when the loss is there (before backward)."""
-    recorder = RecordOutputs()
-    with recorder:
-        loss = model(**batch).loss
-    seen = {}
-    for ref in recorder.refs:
-        t = ref()
-        if t is not None and t.device.type != "meta":
-            storage = t.untyped_storage()
-            seen[storage.data_ptr()] = storage.nbytes()
-    loss.backward()  # and the graph goes
-    return sum(seen.values())
 
 
 def lora_model(tiny_dir, precision, free=True):

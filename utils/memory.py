@@ -139,6 +139,38 @@ def int8_kept_input_bytes(config, tokens: int, image: bool = True, compute_dtype
     return layers * (3 * t.hidden_size + t.intermediate_size) * tokens * act
 
 
+def planned_activation_bytes(config, lora_settings: LoraSettings | None = None, batch_size: int = 2,
+                             seq_len: int = 512, image: bool = True, gradient_checkpointing: bool = True,
+                             compute_dtype: torch.dtype = torch.bfloat16, tiles: int | None = None,
+                             parts: bool = False, precision: str = "bf16"):
+    """plan_training_memory's 'activations' (see its docstring); `parts`: {'kept', 'recompute'} instead."""
+    settings = lora_settings or LoraSettings()
+    t, v = config.text_config, config.vision_config
+    act = torch.empty(0, dtype=compute_dtype).element_size()
+    H, I, heads = t.hidden_size, t.intermediate_size, t.num_attention_heads
+    head_dim = getattr(t, "head_dim", None) or H // heads
+    kv = t.num_key_value_heads * head_dim
+    tokens = batch_size * seq_len
+    per_image = (tiles or v.max_num_tiles) * ((v.image_size // v.patch_size) ** 2 + 1)
+    vision_tokens = batch_size * per_image if image else 0
+    n_cross = len(t.cross_attention_layers)
+    running = t.num_hidden_layers - (0 if image else n_cross)
+    self_layer = tokens * ((6 * I + 5 * H + 2 * kv) * act + 8 * H * 4)
+    lora_kv = len({"k_proj", "v_proj"} & set(settings.target_modules))
+    cross_layer = vision_tokens * (4 * heads * head_dim * act + kv * 4 + lora_kv * H * 4) \
+        + tokens * (5 * H * act + 8 * H * 4)  # its text side (the MLP's tensors are gone by then)
+    if precision == "8bit":  # backward through an int8 Linear dequantizes its weight: I x H in the MLP, H x H in attention
+        self_layer, cross_layer = self_layer + I * H * act, cross_layer + H * H * act
+    kept = tokens * H * 4 + vision_tokens * H * act + tokens * per_image * act * bool(image)
+    if gradient_checkpointing:
+        kept += running * tokens * H * act
+        recompute = max(self_layer, cross_layer if image else 0)
+    else:  # every layer keeps what it would recompute
+        kept += running * self_layer + (n_cross * cross_layer if image else 0)
+        recompute = 0
+    return {"kept": kept, "recompute": recompute} if parts else kept + recompute
+
+
 def plan_training_memory(config, precision: str, lora_settings: LoraSettings | None = None, batch_size: int = 2,
                          seq_len: int = 512, image: bool = True, gradient_checkpointing: bool = True,
                          skip_modules=DEFAULT_SKIP_MODULES, compute_dtype: torch.dtype = torch.bfloat16,
@@ -148,15 +180,20 @@ def plan_training_memory(config, precision: str, lora_settings: LoraSettings | N
     Assumptions (documented so the benchmark can check them):
     - weights: `plan_load_memory(...)['total']`; LoRA parameters, their gradients and AdamW's two
       moments are fp32 (peft keeps adapters in fp32): 4 + 4 + 8 bytes per LoRA parameter.
-    - activations are 16-bit (`compute_dtype`) hidden states, except RMSNorm's fp32 upcast.
-      With gradient checkpointing each decoder layer saves its input (B*S*H) and one layer is
-      recomputed at a time: ~(10H + 2KV + 4I) values per token (norms, q/k/v, attention and
-      o_proj inputs, the four MLP tensors). Without checkpointing every layer keeps that much.
+    - activations (checked on CPU against the bytes measured with utils.retention, on the tiny model and on an
+      11B-width slice: benchmarks/activation_memory.py) are what forward keeps for backward plus the largest
+      recompute of one checkpointed layer in backward. Kept: each decoder layer that runs saves its input
+      (T*H, 16-bit; a text-only batch skips the cross-attention layers), the final norm its fp32 upcast
+      (T*H*4), and with an image the projected vision features (Vt*H, Vt = B*tiles*(patches+1)) and the
+      cross-attention mask (T*tiles*(patches+1), 16-bit). Recompute, the larger of
+      a self-attention layer: T*((6I + 5H + 2KV)*2-byte + 8H*4) bytes (the four MLP tensors and two of their
+      gradients, q/k/v/o and norms; the fp32 upcasts of the norms and of LoRA's inputs), and
+      a cross-attention layer: Vt*((2*heads*head_dim)*2 (K, V repeated to every head) * 2 (+ their gradients)
+      + KV*4 (k_norm's upcast) + 4H per LoRA-targeted k_proj/v_proj (peft's fp32 copy of its input))
+      + T*(5H*2-byte + 8H*4) (its text side). 8-bit adds the weight its backward dequantizes (I*H, 16-bit; H*H in the cross layer).
+      Without checkpointing every layer keeps its recompute (not measured).
     - logits: the 16-bit lm_head output, its fp32 copy for the loss and the fp32 softmax gradient:
       B*S*V*(2+4+4) bytes.
-    - the frozen vision tower runs without autograd, so only its projected output
-      (B*tiles*patches*H, 16-bit) survives, plus each cross-attention layer's K/V of it
-      when those layers keep activations (no checkpointing), or one layer's when recomputed.
     - 8-bit: the frozen int8 matmuls keep no input (utils.modeling.free_int8_inputs, which training switches
       on). `int8_inputs_kept=True` plans stock bitsandbytes instead: + int8_kept_input_bytes (key
       'int8_kept_inputs'), 2.13 MB/token for the 11B in bf16, measured exactly on the tiny model
@@ -171,23 +208,15 @@ def plan_training_memory(config, precision: str, lora_settings: LoraSettings | N
     n_lora = expected_lora_parameters(config, settings)
     weights = plan_load_memory(config, precision, skip_modules, compute_dtype)["total"]
     act = torch.empty(0, dtype=compute_dtype).element_size()
-    head_dim = t.hidden_size // t.num_attention_heads
-    kv = t.num_key_value_heads * head_dim
+    activations = planned_activation_bytes(config, settings, batch_size, seq_len, image, gradient_checkpointing,
+                                           compute_dtype, tiles, precision=precision)
     tokens = batch_size * seq_len
-    per_layer = tokens * (10 * t.hidden_size + 2 * kv + 4 * t.intermediate_size) * act
-    vision_tokens = batch_size * (tiles or v.max_num_tiles) * ((v.image_size // v.patch_size) ** 2 + 1) if image else 0
-    cross_kv = vision_tokens * 2 * kv * act  # K and V of the image tokens in one cross-attention layer
-    n_cross = len(t.cross_attention_layers)
-    if gradient_checkpointing:
-        layers = t.num_hidden_layers * tokens * t.hidden_size * act + per_layer + cross_kv
-    else:
-        layers = t.num_hidden_layers * per_layer + n_cross * cross_kv
     plan = {
         "weights": weights,
         "lora_params": 4 * n_lora,
         "gradients": 4 * n_lora,
         "optimizer": 8 * n_lora,
-        "activations": layers + vision_tokens * t.hidden_size * act,
+        "activations": activations,
         "logits": tokens * t.vocab_size * (act + 4 + 4),
     }
     if precision == "8bit" and int8_inputs_kept:

@@ -86,8 +86,8 @@ def choose_setup(profile: str | None = "auto", precision: str | None = "auto",
     An explicit `profile` ('tiny' | '11b') or `precision` (one of LOAD_PRECISIONS) is kept; None or
     'auto' reads LLAMA_VISION_PROFILE / LLAMA_VISION_PRECISION, and where those are unset or 'auto':
     - no CUDA GPU: the tiny profile in 8bit on CPU (11b in 8bit if asked for);
-    - the 11B model in 8bit when its plan (~13.8 GiB) plus headroom fits the card (22-24 GB cards
-      and up), else in 4bit when that fits (a 15 GB T4: ~9.8 GiB planned), else the tiny profile.
+    - the 11B model in 8bit when its plan (~14.6 GiB) plus headroom fits the card (22-24 GB cards
+      and up), else in 4bit when that fits (a 15 GB T4: ~10.6 GiB planned), else the tiny profile.
     `gpu_gib` is the card's total memory (default: GPU 0 as measured, 0 without CUDA).
     """
     profile, profile_from = _pick(profile, "LLAMA_VISION_PROFILE", ("tiny", "11b"), "profile")
