@@ -328,11 +328,12 @@ def held_out_rows(results: dict) -> list[dict]:
     return [r for name, sides in results["groups"].items() if name.startswith("held-out") for r in sides["before"]["rows"]]
 
 
-# How far a fresh run may be from README's committed table. The run is seeded, but the tiny base's pre-training
-# and the fine-tuning run multi-threaded on the CPU, and the order of a threaded sum changes the last bits: three
-# fresh runs of the same commit on 2-core machines gave a base answer loss of 8.37, 8.45 and 8.49 nats on the
-# training rows and 6 or 8 of 14 held-out seen-answer rows exact. So: two rows per group, and 0.1 nats + 15%.
-README_ROW_TOLERANCE = 2
+# How far a fresh run may be from README's committed table. The run is seeded, but fresh runs of the same code
+# on 2-core machines differ in the last bits (multi-threaded CPU sums), and a flipped greedy token moves a row:
+# four fresh runs gave 11 of 12 training rows exact every time, but 6-8 of 14 held-out seen-answer rows exact,
+# 9-13 of 14 in the right form, 5-7 of 8 new-answer rows in the right form, and base losses 0.1-0.35 nats apart.
+# So: two rows on the training rows, four on a held-out group, and 0.1 nats + 15% of the loss.
+README_ROW_TOLERANCE = {"training rows": 2, "held-out, seen answer": 4, "held-out, new answer": 4}
 
 
 def readme_loss_close(committed: float, measured: float) -> bool:
@@ -359,7 +360,7 @@ def check_readme_matches(results: dict) -> None:
                 if "(" in cell:  # "92% (11/12)": rows that passed
                     key = "exact_match" if metric == "exact match" else "form_rate"
                     passed = int(re.search(r"\((\d+)/", cell).group(1))
-                    assert abs(passed - round(sides[side][key] * int(n))) <= README_ROW_TOLERANCE, (readme, name, metric, side)
+                    assert abs(passed - round(sides[side][key] * int(n))) <= README_ROW_TOLERANCE[name], (readme, name, metric, side)
                 else:
                     assert readme_loss_close(float(cell), sides[side]["eval_loss"]), (readme, name, side)
 
