@@ -199,3 +199,7 @@ def test_dequantized_weight_is_the_8bit_weight_within_its_rounding(tiny_dir):
     assert approx.shape == exact.shape and ((approx - exact).abs() <= step / 2 + exact.abs() * 2**-10 + 1e-6).all()
     assert not ((approx - exact).abs() <= step / 50).all()  # it is the rounded weight, not the fp32 one
     assert torch.equal(dequantized_weight(fp32.lm_head), fp32.lm_head.weight.float())
+    # after a forward pass bitsandbytes keeps the row scales in the layer's state, not on the weight
+    with torch.no_grad():
+        int8(input_ids=torch.tensor([[1, 2, 3, 4]]))
+    assert layer.weight.SCB is None and torch.equal(dequantized_weight(layer), approx)

@@ -312,8 +312,14 @@ def dequantized_weight(linear) -> torch.Tensor:
     scale per output row (W = CB * SCB / 127), a 4-bit `Linear4bit` packed nf4 values (bitsandbytes unpacks
     them), a plain Linear its weight. Notebook 05 draws a trained LoRA update next to it."""
     weight = linear.weight
-    if getattr(weight, "SCB", None) is not None and weight.dtype == torch.int8:
-        return weight.float() * weight.SCB.float().unsqueeze(1) / 127.0
+    if weight.dtype == torch.int8:
+        # bitsandbytes moves the row scales from the weight to the layer's state at the first forward
+        scb = getattr(weight, "SCB", None)
+        if scb is None:
+            scb = getattr(getattr(linear, "state", None), "SCB", None)
+        if scb is None:
+            raise ValueError("an int8 weight without its row scales (SCB): cannot dequantize it")
+        return weight.float() * scb.float().unsqueeze(1) / 127.0
     if getattr(weight, "quant_state", None) is not None:
         import bitsandbytes.functional as bnbf
 
