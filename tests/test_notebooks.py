@@ -328,11 +328,12 @@ def held_out_rows(results: dict) -> list[dict]:
     return [r for name, sides in results["groups"].items() if name.startswith("held-out") for r in sides["before"]["rows"]]
 
 
-# How far a fresh run may be from README's committed table. The run is seeded, but fresh runs of the same code
-# on 2-core machines differ in the last bits (multi-threaded CPU sums), and a flipped greedy token moves a row:
-# four fresh runs gave 11 of 12 training rows exact every time, but 6-8 of 14 held-out seen-answer rows exact,
-# 9-13 of 14 in the right form, 5-7 of 8 new-answer rows in the right form, and base losses 0.1-0.35 nats apart.
-# So: two rows on the training rows, four on a held-out group, and 0.1 nats + 15% of the loss.
+# How far a fresh run may be from README's committed table. The tiny base is now pre-trained with deterministic
+# kernels (tests/test_pretrain.py), so a 2-core machine like this one should give the same table; another CPU or
+# thread count sums in another order, and a flipped greedy token moves a row. Before that fix four fresh runs gave
+# 11 of 12 training rows exact every time, but 6-8 of 14 held-out seen-answer rows exact, 9-13 of 14 in the right
+# form, 5-7 of 8 new-answer rows in the right form, and base losses 0.1-0.35 nats apart. So: two rows on the
+# training rows, four on a held-out group, and 0.1 nats + 15% of the loss.
 README_ROW_TOLERANCE = {"training rows": 2, "held-out, seen answer": 4, "held-out, new answer": 4}
 
 

@@ -64,6 +64,17 @@ def pretrain_tiny(model, processor, corpus_path: Path, steps: int = DEFAULT_PRET
     so only the rows of tokens that occur in the corpus are trained (a softmax over those tokens),
     then written back. The other rows keep their small random init.
     """
+    # Deterministic kernels: without them the threaded backward of the embedding-row lookup sums in a varying
+    # order, and two fresh clones got bases that differ in the last bits and, after 600 steps, in their answers.
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        return _pretrain(model, processor, corpus_path, steps, batch_size, lr, seed)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _pretrain(model, processor, corpus_path, steps, batch_size, lr, seed) -> list[float]:
     torch.manual_seed(seed)
     blocks = corpus_blocks(processor, corpus_path)
     vocab = torch.unique(blocks)
